@@ -20,13 +20,10 @@ pub mod codes {
     pub const SECURE_TRANSPORT_REQUIRED: u16 = 3159;
     /// `CR_CONN_HOST_ERROR`: cannot connect to the server.
     pub const CONN_HOST_ERROR: u16 = 2003;
-    /// `CR_SSL_CONNECTION_ERROR`.
-    pub const SSL_CONNECTION_ERROR: u16 = 2026;
-    /// `CR_SERVER_LOST`-like: the server went away mid-handshake (`ER_SERVER_SHUTDOWN` family
-    /// has no fitting code; clients know 2013).
-    pub const SERVER_LOST: u16 = 2013;
-    /// `ER_OUT_OF_RESOURCES`-style refusal when flexgate itself cannot serve.
-    pub const SERVER_HANDSHAKE_ERR: u16 = 2012;
+    /// `ER_UNKNOWN_ERROR`: flexgate's failures that have no specific server code. Codes from
+    /// the client range (2000–2999) are refused by MariaDB Connector/C when they arrive in an
+    /// ERR packet (it reports 2027 "malformed packet" instead), so only the contract's 2003 uses it.
+    pub const UNKNOWN_ERROR: u16 = 1105;
 
     /// General error.
     pub const STATE_GENERAL: &[u8; 5] = b"HY000";

@@ -1,0 +1,413 @@
+//! Configuration: TOML in, validated values out.
+//!
+//! The file is read into `Raw*` structs that mirror its syntax, then turned into typed values in
+//! one pass. Holding a [`Config`] means every value was checked; there is no `validate()` to
+//! forget. Every error names the file and the key, so that an operator can fix it without
+//! reading our source.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// A configuration problem, located by file and key.
+#[derive(Debug, Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    /// The config file.
+    pub file: DisplayPath,
+    /// Dotted key path, such as `listener[1].address`.
+    pub key: String,
+    /// What is wrong and, where possible, what is accepted.
+    pub problem: String,
+}
+
+/// A path that displays as itself (std's `Path::display` is not `Debug`-friendly in messages).
+#[derive(Debug, Clone)]
+pub struct DisplayPath(pub PathBuf);
+
+impl fmt::Display for DisplayPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.display().fmt(f)
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was loaded from; relative paths inside it were resolved against its directory.
+    pub source: PathBuf,
+    /// The server behind flexgate.
+    pub backend: BackendConfig,
+    /// Client-facing TLS.
+    pub tls: ClientTlsConfig,
+    /// Listening sockets, at least one.
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// How to reach the server.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// TCP `host:port` or a Unix socket path.
+    pub address: BackendAddress,
+    /// Bound on establishing the connection (TCP or Unix, not TLS or login).
+    pub connect_timeout: Duration,
+    /// TLS on the flexgate → server leg.
+    pub tls: BackendTlsConfig,
+}
+
+/// Where the server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendAddress {
+    /// `host:port`, resolved at each connect so that DNS changes are followed.
+    Tcp {
+        /// Host name or IP literal (without brackets).
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+    /// A Unix domain socket.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for BackendAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Self::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// How much the flexgate → server leg is protected, named as MySQL's `--ssl-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendTlsMode {
+    /// Plaintext (or a Unix socket).
+    Disabled,
+    /// Encrypted, but the server's certificate is not checked.
+    Required,
+    /// Encrypted; the certificate must chain to `ca`.
+    VerifyCa,
+    /// Encrypted; the certificate must chain to `ca` and name `server_name`.
+    VerifyIdentity,
+}
+
+/// Settings for TLS to the server.
+#[derive(Debug, Clone)]
+pub struct BackendTlsConfig {
+    /// Protection level.
+    pub mode: BackendTlsMode,
+    /// CA bundle for the verify modes.
+    pub ca: Option<PathBuf>,
+    /// Name expected in the server's certificate (default: the host of `backend.address`).
+    pub server_name: Option<String>,
+}
+
+/// Lowest TLS version accepted from clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+impl fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tls12 => "1.2",
+            Self::Tls13 => "1.3",
+        })
+    }
+}
+
+/// Client-facing TLS.
+#[derive(Debug, Clone)]
+pub struct ClientTlsConfig {
+    /// Certificate chain and key; without them flexgate does not offer TLS.
+    pub identity: Option<TlsIdentity>,
+    /// The floor.
+    pub min_version: TlsVersion,
+    /// Refuse clients that did not upgrade to TLS (ERR 3159), as MySQL's option of that name.
+    pub require_secure_transport: bool,
+}
+
+/// PEM files of a certificate chain and its private key.
+#[derive(Debug, Clone)]
+pub struct TlsIdentity {
+    /// PEM chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Operator's name for it, used in logs.
+    pub name: String,
+    /// Where to listen.
+    pub address: SocketAddr,
+    /// Deadline for everything before the login completes.
+    pub handshake_timeout: Duration,
+}
+
+/// Default `backend.connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `listener.handshake_timeout`, the same as MySQL's `connect_timeout`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    backend: RawBackend,
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    listener: Vec<RawListener>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    address: String,
+    connect_timeout: Option<String>,
+    tls: Option<RawBackendTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackendTls {
+    mode: Option<String>,
+    ca: Option<PathBuf>,
+    server_name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    min_version: Option<String>,
+    require_secure_transport: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: String,
+    address: String,
+    handshake_timeout: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates a config file. File references inside it are checked for existence
+    /// only; [`crate::tls`] loads them.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let at = Locator { file: path };
+        let text = std::fs::read_to_string(path).map_err(|e| at.err("(file)", format!("cannot read: {e}")))?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates config text as if it had been read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let at = Locator { file: path };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| at.toml(text, &e))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let backend = backend(raw.backend, &at, base)?;
+        let tls = client_tls(raw.tls, &at, base)?;
+        if raw.listener.is_empty() {
+            return Err(at.err("listener", "at least one [[listener]] is required".into()));
+        }
+        let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(raw.listener.len());
+        for (i, l) in raw.listener.into_iter().enumerate() {
+            let l = listener(l, &at, i)?;
+            if let Some(other) = listeners.iter().find(|o| o.name == l.name) {
+                return Err(at.err(&format!("listener[{i}].name"), format!("\"{}\" is used twice", other.name)));
+            }
+            if l.address.port() != 0 && listeners.iter().any(|o| o.address == l.address) {
+                return Err(at.err(&format!("listener[{i}].address"), format!("{} is used twice", l.address)));
+            }
+            listeners.push(l);
+        }
+        Ok(Self { source: path.to_path_buf(), backend, tls, listeners })
+    }
+}
+
+struct Locator<'a> {
+    file: &'a Path,
+}
+
+impl Locator<'_> {
+    fn err(&self, key: &str, problem: String) -> ConfigError {
+        ConfigError { file: DisplayPath(self.file.to_path_buf()), key: key.to_owned(), problem }
+    }
+
+    /// toml reports a byte span, not a key; the key is recovered from the line the span is on.
+    fn toml(&self, text: &str, e: &toml::de::Error) -> ConfigError {
+        let start = e.span().map_or(0, |s| s.start).min(text.len());
+        let line_no = text[..start].matches('\n').count() + 1;
+        let line = text.lines().nth(line_no - 1).unwrap_or_default();
+        let key = match line.split_once('=') {
+            Some((k, _)) => k.trim().to_owned(),
+            None => line.trim().to_owned(),
+        };
+        let problem = e.message().to_owned();
+        self.err(&format!("{key} (line {line_no})"), problem)
+    }
+}
+
+fn backend(raw: RawBackend, at: &Locator<'_>, base: &Path) -> Result<BackendConfig, ConfigError> {
+    let address = backend_address(&raw.address, base).map_err(|p| at.err("backend.address", p))?;
+    let connect_timeout = duration_or(raw.connect_timeout.as_deref(), DEFAULT_CONNECT_TIMEOUT)
+        .map_err(|p| at.err("backend.connect_timeout", p))?;
+    let tls = match raw.tls {
+        None => BackendTlsConfig { mode: BackendTlsMode::Disabled, ca: None, server_name: None },
+        Some(t) => {
+            let mode = match t.mode.as_deref() {
+                None | Some("disabled") => BackendTlsMode::Disabled,
+                Some("required") => BackendTlsMode::Required,
+                Some("verify-ca") => BackendTlsMode::VerifyCa,
+                Some("verify-identity") => BackendTlsMode::VerifyIdentity,
+                Some(other) => {
+                    return Err(at.err(
+                        "backend.tls.mode",
+                        format!(
+                            "\"{other}\" is not a mode; accepted: \"disabled\", \"required\", \"verify-ca\", \"verify-identity\""
+                        ),
+                    ));
+                }
+            };
+            let ca = t.ca.map(|p| existing_file(base, p)).transpose().map_err(|p| at.err("backend.tls.ca", p))?;
+            if matches!(mode, BackendTlsMode::VerifyCa | BackendTlsMode::VerifyIdentity) && ca.is_none() {
+                return Err(
+                    at.err("backend.tls.ca", "required when mode is \"verify-ca\" or \"verify-identity\"".into())
+                );
+            }
+            if let Some(name) = &t.server_name {
+                rustls_pki_types::ServerName::try_from(name.as_str()).map_err(|e| {
+                    at.err("backend.tls.server_name", format!("\"{name}\" is not a DNS name or IP: {e}"))
+                })?;
+            }
+            BackendTlsConfig { mode, ca, server_name: t.server_name }
+        }
+    };
+    if tls.mode != BackendTlsMode::Disabled && matches!(address, BackendAddress::Unix(_)) {
+        return Err(at.err(
+            "backend.tls.mode",
+            "TLS over a Unix socket is not supported (the socket is already local); use mode = \"disabled\"".into(),
+        ));
+    }
+    Ok(BackendConfig { address, connect_timeout, tls })
+}
+
+fn client_tls(raw: RawTls, at: &Locator<'_>, base: &Path) -> Result<ClientTlsConfig, ConfigError> {
+    let min_version = match raw.min_version.as_deref() {
+        None | Some("1.2") => TlsVersion::Tls12,
+        Some("1.3") => TlsVersion::Tls13,
+        Some(v @ ("1.0" | "1.1")) => {
+            return Err(at.err(
+                "tls.min_version",
+                format!("TLS {v} is insecure and not supported; accepted values: \"1.2\", \"1.3\""),
+            ));
+        }
+        Some(v) => return Err(at.err("tls.min_version", format!("\"{v}\" is not accepted; use \"1.2\" or \"1.3\""))),
+    };
+    let identity = match (raw.cert, raw.key) {
+        (Some(cert), Some(key)) => Some(TlsIdentity {
+            cert: existing_file(base, cert).map_err(|p| at.err("tls.cert", p))?,
+            key: existing_file(base, key).map_err(|p| at.err("tls.key", p))?,
+        }),
+        (None, None) => None,
+        (Some(_), None) => return Err(at.err("tls.key", "missing: tls.cert needs its private key".into())),
+        (None, Some(_)) => return Err(at.err("tls.cert", "missing: tls.key needs its certificate".into())),
+    };
+    let require_secure_transport = raw.require_secure_transport.unwrap_or(true);
+    if require_secure_transport && identity.is_none() {
+        return Err(at.err(
+            "tls.cert",
+            "required while tls.require_secure_transport = true (the default); give tls.cert and tls.key, \
+             or allow plaintext with require_secure_transport = false"
+                .into(),
+        ));
+    }
+    Ok(ClientTlsConfig { identity, min_version, require_secure_transport })
+}
+
+fn listener(raw: RawListener, at: &Locator<'_>, i: usize) -> Result<ListenerConfig, ConfigError> {
+    let key = |k: &str| format!("listener[{i}].{k}");
+    if raw.name.trim().is_empty() {
+        return Err(at.err(&key("name"), "must not be empty".into()));
+    }
+    let address: SocketAddr = raw.address.parse().map_err(|_| {
+        at.err(
+            &key("address"),
+            format!("\"{}\" is not an IP:port such as \"0.0.0.0:3306\" or \"[::]:3306\"", raw.address),
+        )
+    })?;
+    let handshake_timeout = duration_or(raw.handshake_timeout.as_deref(), DEFAULT_HANDSHAKE_TIMEOUT)
+        .map_err(|p| at.err(&key("handshake_timeout"), p))?;
+    Ok(ListenerConfig { name: raw.name, address, handshake_timeout })
+}
+
+fn backend_address(s: &str, base: &Path) -> Result<BackendAddress, String> {
+    if let Some(path) = s.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err("\"unix:\" needs a socket path, such as \"unix:/run/mysqld/mysqld.sock\"".into());
+        }
+        return Ok(BackendAddress::Unix(base.join(path)));
+    }
+    let bad = || format!("\"{s}\" is not \"host:port\", \"[ipv6]:port\" or \"unix:/path/to/socket\"");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?.to_string(),
+        None if host.contains(':') || host.is_empty() => return Err(bad()),
+        None => host.to_owned(),
+    };
+    if port == 0 {
+        return Err(format!("\"{s}\": port 0 cannot be connected to"));
+    }
+    Ok(BackendAddress::Tcp { host, port })
+}
+
+fn existing_file(base: &Path, p: PathBuf) -> Result<PathBuf, String> {
+    let full = base.join(&p);
+    match std::fs::metadata(&full) {
+        Ok(m) if m.is_file() => Ok(full),
+        Ok(_) => Err(format!("{} is not a file", full.display())),
+        Err(e) => Err(format!("cannot read {}: {e}", full.display())),
+    }
+}
+
+fn duration_or(s: Option<&str>, default: Duration) -> Result<Duration, String> {
+    s.map_or(Ok(default), parse_duration)
+}
+
+/// Parses `"500ms"`, `"10s"`, `"5m"` or `"1h"`. Zero is refused: every duration here is a bound.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad =
+        || format!("\"{s}\" is not a duration; use a whole number with ms, s, m or h, such as \"500ms\" or \"10s\"");
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(format!("\"{s}\" must be greater than zero"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests;

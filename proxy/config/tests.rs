@@ -1,0 +1,157 @@
+use super::*;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        for f in ["cert.pem", "key.pem", "ca.pem"] {
+            std::fs::write(dir.path().join(f), "x").unwrap_or_else(|e| panic!("write: {e}"));
+        }
+        Self { dir }
+    }
+    fn parse(&self, text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, &self.dir.path().join("flexgate.toml"))
+    }
+}
+
+const MINIMAL: &str = r#"
+[backend]
+address = "127.0.0.1:3306"
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+min_version = "1.2"
+[[listener]]
+name = "public"
+address = "0.0.0.0:3307"
+"#;
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let f = Fixture::new();
+    let c = f.parse(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.backend.address, BackendAddress::Tcp { host: "127.0.0.1".into(), port: 3306 });
+    assert_eq!(c.backend.connect_timeout, Duration::from_secs(5));
+    assert_eq!(c.backend.tls.mode, BackendTlsMode::Disabled);
+    assert_eq!(c.tls.min_version, TlsVersion::Tls12);
+    assert!(c.tls.require_secure_transport);
+    assert_eq!(c.listeners[0].handshake_timeout, Duration::from_secs(10));
+    // Relative paths are resolved against the config file's directory.
+    assert_eq!(c.tls.identity.map(|i| i.cert), Some(f.dir.path().join("cert.pem")));
+}
+
+#[test]
+fn full_config_parses() {
+    let f = Fixture::new();
+    let c = f
+        .parse(
+            r#"
+[backend]
+address = "unix:/run/mysqld/mysqld.sock"
+connect_timeout = "500ms"
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+min_version = "1.3"
+require_secure_transport = false
+[[listener]]
+name = "public"
+address = "[::]:3307"
+handshake_timeout = "5m"
+[[listener]]
+name = "private"
+address = "127.0.0.1:3308"
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.backend.address, BackendAddress::Unix("/run/mysqld/mysqld.sock".into()));
+    assert_eq!(c.backend.connect_timeout, Duration::from_millis(500));
+    assert_eq!(c.tls.min_version, TlsVersion::Tls13);
+    assert!(!c.tls.require_secure_transport);
+    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(c.listeners[0].handshake_timeout, Duration::from_secs(300));
+}
+
+/// Each broken config must be refused with an error that names the key (and the file).
+#[test]
+fn errors_name_the_key() {
+    let f = Fixture::new();
+    let cases: &[(&str, &str, &str)] = &[
+        (r#"min_version = "1.2""#, r#"min_version = "1.1""#, "tls.min_version"),
+        (r#"min_version = "1.2""#, r#"min_version = "1.0""#, "insecure and not supported"),
+        (r#"min_version = "1.2""#, r#"min_version = "2""#, "tls.min_version"),
+        (r#"address = "127.0.0.1:3306""#, r#"address = "127.0.0.1""#, "backend.address"),
+        (r#"address = "127.0.0.1:3306""#, r#"address = "unix:""#, "backend.address"),
+        (r#"address = "0.0.0.0:3307""#, r#"address = "nowhere""#, "listener[0].address"),
+        (
+            r#"address = "0.0.0.0:3307""#,
+            "address = \"0.0.0.0:3307\"\nhandshake_timeout = \"10\"",
+            "listener[0].handshake_timeout",
+        ),
+        (
+            r#"address = "0.0.0.0:3307""#,
+            "address = \"0.0.0.0:3307\"\nhandshake_timeout = \"0s\"",
+            "listener[0].handshake_timeout",
+        ),
+        (r#"address = "0.0.0.0:3307""#, "address = \"0.0.0.0:3307\"\nhandshake_timout = \"1s\"", "handshake_timout"),
+        (r#"cert = "cert.pem""#, r#"cert = "missing.pem""#, "tls.cert"),
+        (r#"key = "key.pem""#, "", "tls.key"),
+        (r#"address = "127.0.0.1:3306""#, "address = \"127.0.0.1:3306\"\nconnect_timeout = 5", "connect_timeout"),
+        (
+            r#"address = "127.0.0.1:3306""#,
+            "address = \"127.0.0.1:3306\"\n[backend.tls]\nmode = \"verify-identity\"",
+            "backend.tls.ca",
+        ),
+        (
+            r#"address = "127.0.0.1:3306""#,
+            "address = \"127.0.0.1:3306\"\n[backend.tls]\nmode = \"preferred\"",
+            "backend.tls.mode",
+        ),
+        (
+            r#"address = "127.0.0.1:3306""#,
+            "address = \"unix:/tmp/s\"\n[backend.tls]\nmode = \"required\"",
+            "backend.tls.mode",
+        ),
+        (
+            "[[listener]]\nname = \"public\"\naddress = \"0.0.0.0:3307\"",
+            "[[listener]]\nname = \"a\"\naddress = \"0.0.0.0:3307\"\n[[listener]]\nname = \"a\"\naddress = \"0.0.0.0:3308\"",
+            "listener[1].name",
+        ),
+    ];
+    for (from, to, expect) in cases {
+        assert!(MINIMAL.contains(from), "fixture lacks {from}");
+        let text = MINIMAL.replacen(from, to, 1);
+        match f.parse(&text) {
+            Ok(_) => panic!("accepted a config with {to:?}"),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains(expect), "error for {to:?} does not mention {expect:?}: {msg}");
+                assert!(msg.contains("flexgate.toml"), "error does not name the file: {msg}");
+            }
+        }
+    }
+}
+
+#[test]
+fn plaintext_only_needs_no_certificate_but_secure_transport_does() {
+    let f = Fixture::new();
+    let no_tls = MINIMAL.replace("cert = \"cert.pem\"\nkey = \"key.pem\"", "");
+    let e = f.parse(&no_tls).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("tls.cert") && e.contains("require_secure_transport"), "{e}");
+    let plaintext = no_tls.replace("[tls]", "[tls]\nrequire_secure_transport = false");
+    assert!(f.parse(&plaintext).is_ok_and(|c| c.tls.identity.is_none()));
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+    assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    for bad in ["", "s", "10", "1.5s", "-1s", "10 s", "0ms", "99999999999999999999s"] {
+        assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+    }
+}

@@ -1,0 +1,215 @@
+//! Everything that can end a session before login, each with exactly one reaction on the wire.
+
+use std::io;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::protocol::{WireError, codes};
+
+/// Who caused a failure: picks the log level and the outcome label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The client (bad packets, wrong TLS, went away).
+    Client,
+    /// The server (unreachable, refused, broke the protocol).
+    Server,
+    /// flexgate's own policy refused the client.
+    Policy,
+}
+
+/// Why a session ended before its login completed.
+#[derive(Debug, Error)]
+pub enum SessionError {
+    /// The server could not be connected to.
+    #[error("cannot connect to backend {backend}: {source}")]
+    BackendUnreachable {
+        /// Backend address.
+        backend: String,
+        /// The connect error.
+        source: io::Error,
+    },
+    /// Connecting took longer than `backend.connect_timeout`.
+    #[error("cannot connect to backend {backend}: no answer within {after:?}")]
+    BackendTimeout {
+        /// Backend address.
+        backend: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The server sent something that is not the protocol.
+    #[error("backend {backend} broke the protocol: {detail}")]
+    BackendProtocol {
+        /// Backend address.
+        backend: String,
+        /// What it sent.
+        detail: String,
+    },
+    /// The server closed or failed mid-handshake.
+    #[error("backend {backend} closed the connection during login: {detail}")]
+    BackendLost {
+        /// Backend address.
+        backend: String,
+        /// Cause.
+        detail: String,
+    },
+    /// TLS to the server failed (no TLS offered, bad certificate, ...).
+    #[error("TLS to backend {backend} failed: {detail}")]
+    BackendTls {
+        /// Backend address.
+        backend: String,
+        /// Cause.
+        detail: String,
+    },
+    /// The client's packet is not valid.
+    #[error("malformed client packet: {0}")]
+    ClientMalformed(WireError),
+    /// The client's packet is larger than pre-auth packets may be.
+    #[error("client packet too large before login: {0}")]
+    ClientTooLarge(WireError),
+    /// The client's packet carried the wrong sequence id.
+    #[error("client packet out of order: sequence id {got}, expected {expected}")]
+    ClientOutOfOrder {
+        /// Expected id.
+        expected: u8,
+        /// Received id.
+        got: u8,
+    },
+    /// The client asked for something flexgate does not offer.
+    #[error("client asked for {0}, which flexgate did not offer")]
+    ClientUnsupported(&'static str),
+    /// The TLS handshake with the client failed.
+    #[error("client TLS handshake failed: {0}")]
+    ClientTls(String),
+    /// The client closed or failed the connection.
+    #[error("client went away: {0}")]
+    ClientGone(String),
+    /// The client did not upgrade to TLS and the listener requires it.
+    #[error("client did not use TLS; tls.require_secure_transport is on")]
+    InsecureTransport,
+    /// Encrypting the password to the server's key failed.
+    #[error("cannot protect the password for backend {backend}: {detail}")]
+    PasswordProtection {
+        /// Backend address.
+        backend: String,
+        /// Cause.
+        detail: String,
+    },
+    /// The handshake deadline passed.
+    #[error("login not completed within {0:?}")]
+    Timeout(Duration),
+}
+
+/// An ERR packet flexgate sends on its own behalf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// MySQL error code.
+    pub code: u16,
+    /// SQLSTATE.
+    pub sql_state: &'static [u8; 5],
+    /// Message for the user: what happened and what to do.
+    pub message: String,
+}
+
+impl SessionError {
+    /// The ERR packet to send, if the protocol still allows one and the client is still there.
+    pub fn refusal(&self) -> Option<Refusal> {
+        let r = |code, sql_state, message: String| Some(Refusal { code, sql_state, message });
+        match self {
+            Self::BackendUnreachable { backend, source } => r(
+                codes::CONN_HOST_ERROR,
+                codes::STATE_GENERAL,
+                format!(
+                    "flexgate cannot connect to the database server {backend} ({source}); try again later or tell the operator"
+                ),
+            ),
+            Self::BackendTimeout { backend, after } => r(
+                codes::CONN_HOST_ERROR,
+                codes::STATE_GENERAL,
+                format!(
+                    "flexgate cannot connect to the database server {backend} (no answer within {after:?}); try again later or tell the operator"
+                ),
+            ),
+            Self::BackendProtocol { backend, .. } | Self::BackendLost { backend, .. } => r(
+                codes::UNKNOWN_ERROR,
+                codes::STATE_GENERAL,
+                format!(
+                    "Lost connection to the database server {backend} during login; try again, and tell the operator if it persists"
+                ),
+            ),
+            Self::BackendTls { backend, .. } => r(
+                codes::UNKNOWN_ERROR,
+                codes::STATE_GENERAL,
+                format!("flexgate could not establish TLS to the database server {backend}; tell the operator"),
+            ),
+            Self::PasswordProtection { backend, .. } => r(
+                codes::ACCESS_DENIED,
+                codes::STATE_ACCESS,
+                format!("flexgate could not encrypt the password for the database server {backend}; tell the operator"),
+            ),
+            Self::ClientMalformed(e) => r(
+                codes::HANDSHAKE_ERROR,
+                codes::STATE_COMM,
+                format!("Bad handshake: {e}; use a MySQL or MariaDB client"),
+            ),
+            Self::ClientTooLarge(_) => r(
+                codes::PACKET_TOO_LARGE,
+                codes::STATE_COMM,
+                format!(
+                    "Got a packet bigger than {} bytes before login; use smaller connection attributes",
+                    crate::protocol::MAX_PRE_AUTH_PAYLOAD
+                ),
+            ),
+            Self::ClientOutOfOrder { .. } => {
+                r(codes::PACKETS_OUT_OF_ORDER, codes::STATE_COMM, "Got packets out of order".into())
+            }
+            Self::ClientUnsupported(what) => r(
+                codes::HANDSHAKE_ERROR,
+                codes::STATE_COMM,
+                format!("Bad handshake: flexgate does not support {what}; connect without it"),
+            ),
+            Self::InsecureTransport => r(
+                codes::SECURE_TRANSPORT_REQUIRED,
+                codes::STATE_GENERAL,
+                "Connections using insecure transport are prohibited while --require_secure_transport=ON.".into(),
+            ),
+            Self::ClientTls(_) | Self::ClientGone(_) | Self::Timeout(_) => None,
+        }
+    }
+
+    /// Who is at fault.
+    pub fn blame(&self) -> Blame {
+        match self {
+            Self::BackendUnreachable { .. }
+            | Self::BackendTimeout { .. }
+            | Self::BackendProtocol { .. }
+            | Self::BackendLost { .. }
+            | Self::BackendTls { .. }
+            | Self::PasswordProtection { .. } => Blame::Server,
+            Self::InsecureTransport => Blame::Policy,
+            Self::ClientMalformed(_)
+            | Self::ClientTooLarge(_)
+            | Self::ClientOutOfOrder { .. }
+            | Self::ClientUnsupported(_)
+            | Self::ClientTls(_)
+            | Self::ClientGone(_)
+            | Self::Timeout(_) => Blame::Client,
+        }
+    }
+
+    /// Short label for logs and counters.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::BackendUnreachable { .. } | Self::BackendTimeout { .. } => "backend_unavailable",
+            Self::BackendProtocol { .. } | Self::BackendLost { .. } => "backend_error",
+            Self::BackendTls { .. } => "backend_tls_failed",
+            Self::PasswordProtection { .. } => "password_protection_failed",
+            Self::ClientMalformed(_) | Self::ClientOutOfOrder { .. } | Self::ClientUnsupported(_) => "protocol_error",
+            Self::ClientTooLarge(_) => "packet_too_large",
+            Self::ClientTls(_) => "tls_failed",
+            Self::ClientGone(_) => "client_gone",
+            Self::InsecureTransport => "insecure_transport_refused",
+            Self::Timeout(_) => "handshake_timeout",
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! One client connection, from accept to close, as an explicit sequence of phases.
+//!
+//! ```text
+//! Dial ──► Greeted ──► Login ──► Relay
+//!   │         │  (SSLRequest: TLS accept, then HandshakeResponse)
+//!   └─────────┴──────────┴──► refused with an ERR packet, or closed
+//! ```
+//! Each phase holds only what is valid in it, and a transition consumes it. Everything before
+//! `Relay` runs under one deadline (`handshake_timeout`) and reads packets of bounded size; in
+//! `Relay` bytes are copied in both directions without being parsed.
+
+mod auth;
+mod error;
+mod policy;
+mod stream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout_at;
+use tracing::{info, warn};
+use zeroize::Zeroize;
+
+pub use error::{Blame, Refusal, SessionError};
+pub(crate) use stream::BackendStream;
+
+use self::auth::{AuthExchange, ClientVerdict, REQUEST_PUBLIC_KEY, ServerVerdict, Turn};
+use self::stream::{ClientStream, ReadError, read_packet};
+use crate::backend::Backend;
+use crate::config::TlsVersion;
+use crate::metrics::Metrics;
+use crate::protocol::{
+    AuthPacket, Capabilities, ClientFirst, Greeting, HandshakeResponse, MAX_PRE_AUTH_PAYLOAD, MariaDbCapabilities,
+    SslRequest, WireError, parse_client_first, scramble, write_err, write_header,
+};
+
+/// Relay buffer per direction. Large enough for a full TLS record and for big result sets to
+/// move in few syscalls; small enough that ten thousand idle sessions stay under a GiB.
+const RELAY_BUFFER: usize = 32 * 1024;
+
+/// What every session on one listener shares. Built once per listener.
+pub struct ListenerContext {
+    /// The listener's configured name, for logs.
+    pub listener: String,
+    /// Deadline for everything before the login completes.
+    pub handshake_timeout: Duration,
+    /// Client-facing TLS, if a certificate is configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The TLS floor, to explain handshake failures.
+    pub min_tls: TlsVersion,
+    /// Refuse clients that did not upgrade to TLS.
+    pub require_secure_transport: bool,
+    /// The server.
+    pub backend: Arc<Backend>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for ListenerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerContext")
+            .field("listener", &self.listener)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("tls", &self.tls.is_some())
+            .field("min_tls", &self.min_tls)
+            .field("require_secure_transport", &self.require_secure_transport)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serves one accepted client connection to its end. Never panics on peer input; every
+/// failure ends in a log line (and, where the protocol allows, an ERR packet to the client).
+pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
+    let started = Instant::now();
+    ctx.metrics.accepted();
+    let _ = client.set_nodelay(true);
+    let mut s = Session {
+        ctx: ctx.clone(),
+        client: Some(ClientStream::Plain(client)),
+        client_seq: 0,
+        greeted: false,
+        buf: Vec::new(),
+        log: SessionLog::default(),
+    };
+    let deadline = tokio::time::Instant::now() + ctx.handshake_timeout;
+    let result = match timeout_at(deadline, s.pre_auth()).await {
+        Ok(r) => r,
+        Err(_) => Err(SessionError::Timeout(ctx.handshake_timeout)),
+    };
+    s.buf.zeroize();
+    let (outcome, code) = match result {
+        Ok(Ended::Authenticated(backend)) => s.relay(backend).await,
+        Ok(Ended::Denied { code }) => ("auth_failed", Some(code)),
+        Ok(Ended::BackendRefused { code }) => ("backend_refused", Some(code)),
+        Err(e) => {
+            let code = s.refuse(&e).await;
+            s.log_failure(&e, peer);
+            (e.outcome(), code)
+        }
+    };
+    ctx.metrics.ended(outcome);
+    let l = &s.log;
+    info!(
+        listener = %ctx.listener,
+        client = %peer,
+        user = l.user.as_deref().unwrap_or("-"),
+        tls_version = l.tls_version.unwrap_or("none"),
+        cipher = l.cipher.unwrap_or("none"),
+        outcome,
+        error_code = code.unwrap_or(0),
+        bytes_from_client = l.bytes_in,
+        bytes_to_client = l.bytes_out,
+        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "session ended"
+    );
+}
+
+/// Per-session facts for the closing log line. Holds no secret.
+#[derive(Debug, Default)]
+struct SessionLog {
+    user: Option<String>,
+    tls_version: Option<&'static str>,
+    cipher: Option<&'static str>,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// How the phases before `Relay` ended without an error of flexgate's.
+enum Ended {
+    /// The server accepted the login.
+    Authenticated(BackendStream),
+    /// The server refused the login; its ERR was relayed.
+    Denied { code: u16 },
+    /// The server refused the connection outright (e.g. too many connections); relayed.
+    BackendRefused { code: u16 },
+}
+
+enum Phase {
+    /// Accepted; the server is not connected yet.
+    Dial,
+    /// Greeting relayed; waiting for an SSLRequest or a HandshakeResponse.
+    Greeted(Greeted),
+    /// Credentials received; forwarding them and relaying the auth exchange.
+    Login(Login),
+    /// Done with the pre-auth phases.
+    Ended(Ended),
+}
+
+struct Greeted {
+    backend: BackendStream,
+    backend_caps: Capabilities,
+    nonce: Vec<u8>,
+}
+
+struct Login {
+    backend: BackendStream,
+    backend_caps: Capabilities,
+    nonce: Vec<u8>,
+    /// The HandshakeResponse payload; contains password-derived data, zeroed when dropped.
+    response: zeroize::Zeroizing<Vec<u8>>,
+}
+
+struct Session {
+    ctx: Arc<ListenerContext>,
+    /// `None` only while the TLS upgrade owns the socket, or after it failed.
+    client: Option<ClientStream>,
+    /// Sequence id of the next packet to or from the client.
+    client_seq: u8,
+    /// Whether the client has our greeting (and so expects 4.1-format ERR packets).
+    greeted: bool,
+    buf: Vec<u8>,
+    log: SessionLog,
+}
+
+impl Session {
+    async fn pre_auth(&mut self) -> Result<Ended, SessionError> {
+        let mut phase = Phase::Dial;
+        loop {
+            phase = match phase {
+                Phase::Dial => self.dial().await?,
+                Phase::Greeted(g) => self.on_first_packet(g).await?,
+                Phase::Login(l) => self.login(l).await?,
+                Phase::Ended(e) => return Ok(e),
+            };
+        }
+    }
+
+    /// Connects to the server and relays its greeting with flexgate's capabilities.
+    async fn dial(&mut self) -> Result<Phase, SessionError> {
+        let backend_cfg = self.ctx.backend.clone();
+        let mut backend = backend_cfg.dial().await?;
+        let header = read_packet(&mut backend, &mut self.buf, MAX_PRE_AUTH_PAYLOAD)
+            .await
+            .map_err(|e| self.backend_read_error(e))?;
+        if header.seq != 0 {
+            return Err(self.backend_protocol(format!("greeting has sequence id {}", header.seq)));
+        }
+        if self.buf.first() == Some(&0xff) {
+            // The server refused before greeting (too many connections, host blocked): relay as is.
+            let code = crate::protocol::ErrPacket::parse(&self.buf).map(|e| e.code).unwrap_or(0);
+            let pkt = framed(0, &self.buf);
+            self.write_client(&pkt).await?;
+            return Ok(Phase::Ended(Ended::BackendRefused { code }));
+        }
+        let greeting = Greeting::parse(&self.buf).map_err(|e| self.backend_protocol(format!("greeting: {e}")))?;
+        let backend_caps = greeting.capabilities;
+        let nonce = greeting.nonce();
+        let ours =
+            Greeting { capabilities: policy::greeting_capabilities(backend_caps, self.ctx.tls.is_some()), ..greeting };
+        let mut out = Vec::with_capacity(self.buf.len() + 4);
+        write_header(&mut out, 0, 0);
+        ours.write(&mut out);
+        patch_len(&mut out);
+        self.write_client(&out).await?;
+        self.greeted = true;
+        self.client_seq = 1;
+        Ok(Phase::Greeted(Greeted { backend, backend_caps, nonce }))
+    }
+
+    /// Handles the SSLRequest (and TLS) or the plaintext HandshakeResponse.
+    async fn on_first_packet(&mut self, g: Greeted) -> Result<Phase, SessionError> {
+        self.read_client().await?;
+        let tls_requested = match parse_client_first(&self.buf).map_err(SessionError::ClientMalformed)? {
+            ClientFirst::SslRequest(_) => true,
+            ClientFirst::Response(_) => false,
+        };
+        if tls_requested {
+            self.accept_tls().await?;
+            self.read_client().await?;
+        }
+        let response = HandshakeResponse::parse(&self.buf).map_err(SessionError::ClientMalformed)?;
+        self.log.user = Some(String::from_utf8_lossy(response.username).into_owned());
+        policy::check_transport(tls_requested, self.ctx.require_secure_transport)?;
+        policy::check_client_capabilities(response.capabilities)?;
+        let response = zeroize::Zeroizing::new(std::mem::take(&mut self.buf));
+        Ok(Phase::Login(Login { backend: g.backend, backend_caps: g.backend_caps, nonce: g.nonce, response }))
+    }
+
+    async fn accept_tls(&mut self) -> Result<(), SessionError> {
+        let Some(acceptor) = self.ctx.tls.clone() else {
+            return Err(SessionError::ClientUnsupported("TLS (no certificate is configured)"));
+        };
+        let Some(ClientStream::Plain(tcp)) = self.client.take() else {
+            return Err(SessionError::ClientMalformed(WireError::Unsupported("second SSLRequest")));
+        };
+        let tls = acceptor.accept(tcp).await.map_err(|e| {
+            self.ctx.metrics.tls_failed();
+            SessionError::ClientTls(crate::tls::describe_handshake_failure(&e, self.ctx.min_tls))
+        })?;
+        let conn = tls.get_ref().1;
+        self.log.tls_version = conn.protocol_version().map(crate::tls::version_name);
+        self.log.cipher = conn.negotiated_cipher_suite().and_then(|c| c.suite().as_str());
+        self.client = Some(ClientStream::Tls(Box::new(tls)));
+        Ok(())
+    }
+
+    /// Forwards the credentials (over TLS to the server if configured) and relays the auth
+    /// exchange until the server says OK or ERR.
+    async fn login(&mut self, l: Login) -> Result<Phase, SessionError> {
+        let Login { mut backend, backend_caps, nonce, response } = l;
+        let r = HandshakeResponse::parse(&response).map_err(SessionError::ClientMalformed)?;
+        let backend_tls = self.ctx.backend.uses_tls();
+        let caps = policy::backend_capabilities(r.capabilities, backend_tls);
+        let mut backend_seq: u8 = 1;
+        if backend_tls {
+            if !backend_caps.contains(Capabilities::SSL) {
+                return Err(SessionError::BackendTls {
+                    backend: self.ctx.backend.label().to_owned(),
+                    detail: "the server does not offer TLS (CLIENT_SSL not in its greeting)".into(),
+                });
+            }
+            let mut out = Vec::with_capacity(36);
+            write_header(&mut out, 0, backend_seq);
+            SslRequest {
+                capabilities: caps,
+                max_packet_size: r.max_packet_size,
+                charset: r.charset,
+                mariadb_capabilities: r.mariadb_capabilities,
+            }
+            .write(&mut out);
+            patch_len(&mut out);
+            self.write_backend(&mut backend, &out).await?;
+            backend = self.ctx.backend.upgrade(backend).await?;
+            backend_seq += 1;
+        }
+        let plugin = r.auth_plugin.unwrap_or(b"mysql_native_password");
+        let mut exchange = AuthExchange::new(plugin, nonce, backend.is_secure());
+        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(response.len() + 4));
+        write_header(&mut out, 0, backend_seq);
+        HandshakeResponse { capabilities: caps, mariadb_capabilities: forwarded_ext(&r), ..r }.write(&mut out);
+        patch_len(&mut out);
+        self.write_backend(&mut backend, &out).await?;
+        drop(out);
+        backend_seq = backend_seq.wrapping_add(1);
+
+        loop {
+            match exchange.turn() {
+                Turn::Server => {
+                    self.read_backend(&mut backend, &mut backend_seq).await?;
+                    let verdict = exchange.on_server(&self.buf).map_err(|e| self.backend_protocol(e.to_string()))?;
+                    let pkt = framed(self.client_seq, &self.buf);
+                    self.client_seq = self.client_seq.wrapping_add(1);
+                    self.write_client(&pkt).await?;
+                    match verdict {
+                        ServerVerdict::Success => return Ok(Phase::Ended(Ended::Authenticated(backend))),
+                        ServerVerdict::Failure { code } => return Ok(Phase::Ended(Ended::Denied { code })),
+                        ServerVerdict::Forward { .. } => {}
+                    }
+                }
+                Turn::Client => {
+                    self.read_client().await?;
+                    match exchange.on_client(&self.buf) {
+                        ClientVerdict::Forward => {
+                            let mut pkt = framed(backend_seq, &self.buf);
+                            backend_seq = backend_seq.wrapping_add(1);
+                            self.write_backend(&mut backend, &pkt).await?;
+                            pkt.zeroize();
+                        }
+                        ClientVerdict::EncryptToServerKey => {
+                            let password = zeroize::Zeroizing::new(std::mem::take(&mut self.buf));
+                            if let Some(denied) =
+                                self.send_encrypted(&mut backend, &mut backend_seq, &password, exchange.nonce()).await?
+                            {
+                                return Ok(Phase::Ended(denied));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `caching_sha2_password` full authentication over a plaintext TCP leg: ask for the
+    /// server's RSA key and send the password encrypted to it, as libmysqlclient does with
+    /// `--get-server-public-key`. The client does not see these two extra packets.
+    async fn send_encrypted(
+        &mut self,
+        backend: &mut BackendStream,
+        backend_seq: &mut u8,
+        password_nul: &[u8],
+        nonce: &[u8],
+    ) -> Result<Option<Ended>, SessionError> {
+        let request = framed(*backend_seq, &[REQUEST_PUBLIC_KEY]);
+        *backend_seq = backend_seq.wrapping_add(1);
+        self.write_backend(backend, &request).await?;
+        self.read_backend(backend, backend_seq).await?;
+        let pem = match AuthPacket::parse(&self.buf) {
+            Ok(AuthPacket::MoreData(pem)) => pem,
+            Ok(AuthPacket::Err(e)) => {
+                let code = e.code;
+                let pkt = framed(self.client_seq, &self.buf);
+                self.client_seq = self.client_seq.wrapping_add(1);
+                self.write_client(&pkt).await?;
+                return Ok(Some(Ended::Denied { code }));
+            }
+            _ => return Err(self.backend_protocol("expected the server's RSA public key".into())),
+        };
+        let ciphertext = scramble::encrypt_password(password_nul, nonce, pem).map_err(|e| {
+            SessionError::PasswordProtection { backend: self.ctx.backend.label().to_owned(), detail: e.to_string() }
+        })?;
+        let pkt = framed(*backend_seq, &ciphertext);
+        *backend_seq = backend_seq.wrapping_add(1);
+        self.write_backend(backend, &pkt).await?;
+        Ok(None)
+    }
+
+    /// Copies bytes both ways until either side closes; returns the outcome label.
+    async fn relay(&mut self, mut backend: BackendStream) -> (&'static str, Option<u16>) {
+        let Some(client) = self.client.take() else { return ("client_gone", None) };
+        let mut client = stream::Counted::new(client);
+        let result =
+            tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, RELAY_BUFFER, RELAY_BUFFER).await;
+        self.log.bytes_in += client.read;
+        self.log.bytes_out += client.written;
+        match result {
+            Ok(_) => ("closed", None),
+            // Clients routinely close after COM_QUIT without a TLS close_notify.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => ("closed", None),
+            Err(e) => {
+                tracing::debug!(error = %e, "relay ended with an error");
+                ("relay_error", None)
+            }
+        }
+    }
+
+    /// Sends the ERR packet for `e` if the client can still receive one; returns its code.
+    async fn refuse(&mut self, e: &SessionError) -> Option<u16> {
+        let r = e.refusal()?;
+        let mut out = Vec::with_capacity(16 + r.message.len());
+        write_err(&mut out, self.client_seq, r.code, r.sql_state, &r.message, self.greeted);
+        // Best effort with a short bound: the client may be gone or not reading.
+        let client = self.client.as_mut()?;
+        let sent = tokio::time::timeout(Duration::from_secs(1), async {
+            client.write_all(&out).await?;
+            client.flush().await?;
+            client.shutdown().await
+        })
+        .await;
+        if matches!(sent, Ok(Ok(()))) {
+            self.log.bytes_out += out.len() as u64;
+        }
+        Some(r.code)
+    }
+
+    fn log_failure(&self, e: &SessionError, peer: SocketAddr) {
+        let listener = &self.ctx.listener;
+        match (e, e.blame()) {
+            (SessionError::ClientTls(reason), _) => {
+                warn!(listener = %listener, client = %peer, reason = %reason, "client TLS handshake failed");
+            }
+            (_, Blame::Server) => warn!(listener = %listener, client = %peer, error = %e, "backend failure"),
+            (_, Blame::Client | Blame::Policy) => {
+                info!(listener = %listener, client = %peer, error = %e, "client refused");
+            }
+        }
+    }
+
+    /// Reads one client packet into `buf`, checking size and sequence id.
+    async fn read_client(&mut self) -> Result<(), SessionError> {
+        let client = self.client.as_mut().ok_or_else(|| SessionError::ClientGone("connection closed".into()))?;
+        let header = read_packet(client, &mut self.buf, MAX_PRE_AUTH_PAYLOAD).await.map_err(|e| match e {
+            ReadError::Closed => SessionError::ClientGone("closed the connection".into()),
+            ReadError::TooLarge(w) => SessionError::ClientTooLarge(w),
+            ReadError::Io(e) => SessionError::ClientGone(e.to_string()),
+        })?;
+        self.log.bytes_in += (header.len + 4) as u64;
+        if header.seq != self.client_seq {
+            return Err(SessionError::ClientOutOfOrder { expected: self.client_seq, got: header.seq });
+        }
+        self.client_seq = self.client_seq.wrapping_add(1);
+        Ok(())
+    }
+
+    async fn read_backend(&mut self, backend: &mut BackendStream, seq: &mut u8) -> Result<(), SessionError> {
+        let header =
+            read_packet(backend, &mut self.buf, MAX_PRE_AUTH_PAYLOAD).await.map_err(|e| self.backend_read_error(e))?;
+        if header.seq != *seq {
+            return Err(self.backend_protocol(format!("sequence id {}, expected {}", header.seq, seq)));
+        }
+        *seq = seq.wrapping_add(1);
+        Ok(())
+    }
+
+    async fn write_client(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+        let client = self.client.as_mut().ok_or_else(|| SessionError::ClientGone("connection closed".into()))?;
+        write_flush(client, bytes).await.map_err(|e| SessionError::ClientGone(e.to_string()))?;
+        self.log.bytes_out += bytes.len() as u64;
+        Ok(())
+    }
+
+    async fn write_backend(&self, backend: &mut BackendStream, bytes: &[u8]) -> Result<(), SessionError> {
+        write_flush(backend, bytes).await.map_err(|e| SessionError::BackendLost {
+            backend: self.ctx.backend.label().to_owned(),
+            detail: e.to_string(),
+        })
+    }
+
+    fn backend_read_error(&self, e: ReadError) -> SessionError {
+        let backend = self.ctx.backend.label().to_owned();
+        match e {
+            ReadError::Closed => SessionError::BackendLost { backend, detail: "connection closed".into() },
+            ReadError::Io(e) => SessionError::BackendLost { backend, detail: e.to_string() },
+            ReadError::TooLarge(w) => SessionError::BackendProtocol { backend, detail: w.to_string() },
+        }
+    }
+
+    fn backend_protocol(&self, detail: String) -> SessionError {
+        SessionError::BackendProtocol { backend: self.ctx.backend.label().to_owned(), detail }
+    }
+}
+
+/// MariaDB's extended capabilities travel only when the client uses the extension.
+fn forwarded_ext(r: &HandshakeResponse<'_>) -> MariaDbCapabilities {
+    if r.capabilities.has_mariadb_extension() { r.mariadb_capabilities } else { MariaDbCapabilities(0) }
+}
+
+/// A packet with `payload` and sequence id `seq`.
+fn framed(seq: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 4);
+    crate::protocol::write_packet(&mut out, seq, payload);
+    out
+}
+
+/// Fills in the length of a packet whose header was written before its payload.
+fn patch_len(pkt: &mut [u8]) {
+    let len = (pkt.len().saturating_sub(4) as u32).to_le_bytes();
+    if let Some(field) = pkt.get_mut(..3) {
+        field.copy_from_slice(&len[..3]);
+    }
+}
+
+async fn write_flush<S: AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    s.write_all(bytes).await?;
+    s.flush().await
+}

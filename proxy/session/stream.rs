@@ -1,0 +1,157 @@
+//! The byte streams on each side of a session, and exact packet reads over them.
+//!
+//! Reads before login are exact (header, then payload) rather than buffered: after an
+//! SSLRequest the next bytes on the socket are the TLS ClientHello, and after the final OK the
+//! next bytes belong to the relay. A read-ahead buffer would have to hand both back.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::protocol::{HEADER_LEN, Header, WireError};
+
+/// The client's connection: plaintext until an SSLRequest, TLS after it.
+pub(crate) enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// The server connection.
+pub(crate) enum BackendStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl BackendStream {
+    /// Whether MySQL would call this transport secure (`is_secure_transport()`: TLS or a local
+    /// socket), which decides whether a cleartext password may cross it.
+    pub(crate) fn is_secure(&self) -> bool {
+        !matches!(self, Self::Tcp(_))
+    }
+}
+
+/// Delegates the tokio I/O traits to whichever variant is live.
+macro_rules! delegate_io {
+    ($ty:ident { $($variant:ident),+ }) => {
+        impl AsyncRead for $ty {
+            fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() { $(Self::$variant(s) => Pin::new(s).poll_read(cx, buf),)+ }
+            }
+        }
+        impl AsyncWrite for $ty {
+            fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+                match self.get_mut() { $(Self::$variant(s) => Pin::new(s).poll_write(cx, buf),)+ }
+            }
+            fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+                match self.get_mut() { $(Self::$variant(s) => Pin::new(s).poll_write_vectored(cx, bufs),)+ }
+            }
+            fn is_write_vectored(&self) -> bool {
+                match self { $(Self::$variant(s) => s.is_write_vectored(),)+ }
+            }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() { $(Self::$variant(s) => Pin::new(s).poll_flush(cx),)+ }
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() { $(Self::$variant(s) => Pin::new(s).poll_shutdown(cx),)+ }
+            }
+        }
+    };
+}
+
+delegate_io!(ClientStream { Plain, Tls });
+delegate_io!(BackendStream { Tcp, Unix, Tls });
+
+/// Why a packet could not be read.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The peer closed the connection (EOF), possibly mid-packet.
+    Closed,
+    /// The header announced more than we accept.
+    TooLarge(WireError),
+    /// A socket error.
+    Io(io::Error),
+}
+
+/// Reads one whole packet into `buf` (replacing its contents), refusing payloads above `max`
+/// before reading them.
+pub(crate) async fn read_packet<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<Header, ReadError> {
+    let mut hdr = [0u8; HEADER_LEN];
+    read_exact(s, &mut hdr).await?;
+    let header = Header::parse(hdr).check(max).map_err(ReadError::TooLarge)?;
+    buf.clear();
+    buf.resize(header.len, 0);
+    read_exact(s, buf).await?;
+    Ok(header)
+}
+
+async fn read_exact<S: AsyncRead + Unpin>(s: &mut S, buf: &mut [u8]) -> Result<(), ReadError> {
+    match s.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(ReadError::Closed),
+        Err(e) => Err(ReadError::Io(e)),
+    }
+}
+
+/// Counts the bytes that pass through a stream, for the session's closing log line. A plain
+/// field add per call: the relay is the hot path.
+pub(crate) struct Counted<S> {
+    inner: S,
+    pub(crate) read: u64,
+    pub(crate) written: u64,
+}
+
+impl<S> Counted<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Self { inner, read: 0, written: 0 }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.read += (buf.filled().len() - before) as u64;
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            this.written += n as u64;
+        }
+        r
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            this.written += n as u64;
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
