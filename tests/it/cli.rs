@@ -1,0 +1,141 @@
+//! The `flexgate` binary: version, check-config over every example config, and refusals that
+//! name the key.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::harness::*;
+
+fn flexgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_flexgate"))
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn version_is_printed() {
+    let mut c = flexgate();
+    c.arg("--version");
+    let o = run(c).await;
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), format!("flexgate {}", env!("CARGO_PKG_VERSION")));
+}
+
+/// Every example config in config/ passes check-config once dev certificates exist. The configs
+/// and the cert script are copied so that the test writes nothing into the repository.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_example_config_passes_check_config() {
+    require_tool("openssl", "apt-get install -y openssl");
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (config, certs) = (tmp.path().join("config"), tmp.path().join("certs"));
+    std::fs::create_dir_all(&config).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(&certs).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::copy(repo().join("certs/make-dev-certs.sh"), certs.join("make-dev-certs.sh"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut mk = Command::new("bash");
+    mk.arg(certs.join("make-dev-certs.sh")).arg(certs.join("dev"));
+    let o = run(mk).await;
+    assert!(o.status.success(), "make-dev-certs.sh failed: {}", stderr(&o));
+
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo().join("config")).unwrap_or_else(|e| panic!("{e}")) {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let copy = config.join(path.file_name().unwrap_or_default());
+        std::fs::copy(&path, &copy).unwrap_or_else(|e| panic!("{e}"));
+        let mut c = flexgate();
+        c.args(["check-config", "--config"]).arg(&copy);
+        let o = run(c).await;
+        assert!(o.status.success(), "{} fails check-config: {}", path.display(), stderr(&o));
+        assert!(stdout(&o).contains(": ok"), "{}", stdout(&o));
+        checked += 1;
+    }
+    assert!(checked >= 4, "expected the example configs, found {checked}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_configs_fail_naming_file_and_key() {
+    let db = mariadb();
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let good = ProxyConfig::to(db).toml(&db.certs);
+    let cases = [
+        (
+            good.replace("min_version = \"1.2\"", "min_version = \"1.1\""),
+            "tls.min_version",
+            "insecure and not supported",
+        ),
+        (
+            good.replace("handshake_timeout = \"10s\"", "handshake_timeout = \"soon\""),
+            "listener[0].handshake_timeout",
+            "duration",
+        ),
+        (good.replace("[[listener]]", "[[listener]]\nport = 3306"), "port", "unknown field"),
+        (good.replace(&db.certs.key.display().to_string(), "/nonexistent/key.pem"), "tls.key", "/nonexistent/key.pem"),
+        // A key that exists but does not belong to the certificate.
+        (
+            good.replace(&db.certs.key.display().to_string(), &db.certs.ca.display().to_string()),
+            "tls.key",
+            "private key",
+        ),
+    ];
+    for (i, (text, key, detail)) in cases.into_iter().enumerate() {
+        let path = tmp.path().join(format!("broken-{i}.toml"));
+        std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+        for sub in ["check-config", "run"] {
+            let mut c = flexgate();
+            c.args([sub, "--config"]).arg(&path);
+            let o = run(c).await;
+            let err = stderr(&o);
+            assert!(!o.status.success(), "{sub} accepted case {i}");
+            assert!(err.contains(&path.display().to_string()), "{sub} case {i}: no file name in: {err}");
+            assert!(err.contains(key), "{sub} case {i}: key {key} not named in: {err}");
+            assert!(err.contains(detail), "{sub} case {i}: {detail:?} not in: {err}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plaintext_mode_is_announced_at_startup() {
+    let db = mariadb();
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let text = ProxyConfig { require_secure_transport: false, ..ProxyConfig::to(db) }.toml(&db.certs);
+    let path = tmp.path().join("legacy.toml");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flexgate"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr_pipe = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr_pipe));
+    let mut warned = false;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while let Ok(Ok(Some(line))) = tokio::time::timeout_at(deadline, lines.next_line()).await {
+        if line.contains("\"level\":\"WARN\"") && line.contains("plaintext clients are accepted") {
+            warned = true;
+        }
+        if line.contains("\"message\":\"listening\"") {
+            break;
+        }
+    }
+    assert!(warned, "no startup warning about plaintext clients");
+    // SIGTERM ends it cleanly.
+    let pid = child.id().unwrap_or_else(|| panic!("no pid"));
+    let _ = run({
+        let mut k = Command::new("kill");
+        k.arg(pid.to_string());
+        k
+    })
+    .await;
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("flexgate did not stop on SIGTERM"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success(), "{status}");
+}

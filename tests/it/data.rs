@@ -1,0 +1,123 @@
+//! After login, traffic passes untouched: large packets, binary protocol, multi-statements and
+//! LOAD DATA LOCAL all behave as they do against the server directly.
+
+use aws_lc_rs::digest::{SHA256, digest};
+use mysql_async::prelude::*;
+
+use crate::harness::*;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blob_of_32_mib_round_trips_across_16_mib_packets() {
+    let db = mariadb();
+    let (user, schema) = db.user();
+    let proxy = ProxyConfig::to(db).start(&db.certs).await;
+    let opts = mysql_async::OptsBuilder::from_opts(async_opts(proxy.port(), &user, &schema, PASSWORD, &db.certs))
+        .max_allowed_packet(Some(64 * 1024 * 1024));
+    let mut conn = mysql_async::Conn::new(opts).await.unwrap_or_else(|e| panic!("connect: {e}"));
+    conn.query_drop("CREATE TABLE blobs (id INT PRIMARY KEY, b LONGBLOB)").await.unwrap_or_else(|e| panic!("{e}"));
+    // Deterministic, incompressible-looking content; the length is not a multiple of anything.
+    let len = 32 * 1024 * 1024 + 12_345;
+    let mut data = Vec::with_capacity(len);
+    let mut x: u32 = 0x1234_5678;
+    while data.len() < len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(len);
+    let want = hex(digest(&SHA256, &data).as_ref());
+    conn.exec_drop("INSERT INTO blobs VALUES (1, ?)", (data,)).await.unwrap_or_else(|e| panic!("insert: {e}"));
+    let server_side: Option<String> =
+        conn.query_first("SELECT SHA2(b, 256) FROM blobs WHERE id = 1").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(server_side.as_deref(), Some(want.as_str()), "the server stored different bytes");
+    let back: Option<Vec<u8>> =
+        conn.query_first("SELECT b FROM blobs WHERE id = 1").await.unwrap_or_else(|e| panic!("select: {e}"));
+    let back = back.unwrap_or_else(|| panic!("no row"));
+    assert_eq!(back.len(), len);
+    assert_eq!(hex(digest(&SHA256, &back).as_ref()), want, "the client received different bytes");
+    conn.disconnect().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prepared_statements_use_the_binary_protocol() {
+    let db = mariadb();
+    let (user, schema) = db.user();
+    let proxy = ProxyConfig::to(db).start(&db.certs).await;
+    let mut conn = mysql_async::Conn::new(async_opts(proxy.port(), &user, &schema, PASSWORD, &db.certs))
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    conn.query_drop(
+        "CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(50), score DOUBLE, note TEXT NULL) DEFAULT CHARSET = utf8mb4",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let stmt = conn.prep("INSERT INTO t VALUES (?, ?, ?, ?)").await.unwrap_or_else(|e| panic!("{e}"));
+    conn.exec_batch(
+        &stmt,
+        vec![(1, "ä-ö ✓", 1.5f64, None::<String>), (2, "two", -2.25, Some("n".to_string())), (3, "three", 0.0, None)],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let rows: Vec<(i32, String, f64, Option<String>)> = conn
+        .exec("SELECT id, name, score, note FROM t WHERE id >= ? ORDER BY id", (1,))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        rows,
+        vec![
+            (1, "ä-ö ✓".to_string(), 1.5, None),
+            (2, "two".to_string(), -2.25, Some("n".to_string())),
+            (3, "three".to_string(), 0.0, None)
+        ]
+    );
+    conn.close(stmt).await.unwrap_or_else(|e| panic!("{e}"));
+    conn.disconnect().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multi_statements_return_every_result_set() {
+    let db = mariadb();
+    let (user, schema) = db.user();
+    let proxy = ProxyConfig::to(db).start(&db.certs).await;
+    let mut conn = mysql_async::Conn::new(async_opts(proxy.port(), &user, &schema, PASSWORD, &db.certs))
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let mut result = conn
+        .query_iter("CREATE TABLE m (x INT); INSERT INTO m VALUES (1),(2),(3); SELECT SUM(x) FROM m; SELECT 'last'")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut sets: Vec<Vec<String>> = Vec::new();
+    while !result.is_empty() {
+        let rows: Vec<mysql_async::Row> = result.collect().await.unwrap_or_else(|e| panic!("{e}"));
+        sets.push(rows.into_iter().filter_map(|r| r.get::<String, _>(0)).collect());
+    }
+    drop(result);
+    assert_eq!(sets, vec![vec![], vec![], vec!["6".to_string()], vec!["last".to_string()]]);
+    conn.disconnect().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn load_data_local_infile() {
+    let db = mariadb();
+    let (user, schema) = db.user();
+    let proxy = ProxyConfig::to(db).start(&db.certs).await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("rows.csv");
+    let content: String = (1..=5000).map(|i| format!("{i},row-{i}\n")).collect();
+    std::fs::write(&file, content).unwrap_or_else(|e| panic!("{e}"));
+    let mut c = cli(proxy.port(), &user, PASSWORD, &db.certs);
+    c.args(["--local-infile=1", &format!("--database={schema}"), "-e"]).arg(format!(
+        "CREATE TABLE l (id INT PRIMARY KEY, name VARCHAR(20)); \
+         LOAD DATA LOCAL INFILE '{}' INTO TABLE l FIELDS TERMINATED BY ','; \
+         SELECT COUNT(*), SUM(id), MAX(name) FROM l",
+        file.display()
+    ));
+    let o = run(c).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "5000\t12502500\trow-999");
+}

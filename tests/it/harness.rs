@@ -1,0 +1,409 @@
+//! Test harness: a real MariaDB (Debian's mariadbd) in a temporary directory, certificates made
+//! with rcgen, flexgate run in-process on pre-bound loopback listeners, and the real clients.
+//!
+//! One MariaDB instance is shared by the whole test binary; each test makes its own users and
+//! schemas. A missing tool fails the test with the command that installs it.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use flexgate::config::Config;
+use flexgate::metrics::Metrics;
+use flexgate::server::Proxy;
+use tokio_util::sync::CancellationToken;
+
+pub const PASSWORD: &str = "S3cret-pw";
+
+/// Fails with the command that installs `tool` if it is not on PATH.
+pub fn require_tool(tool: &str, install: &str) -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(tool)).find(|p| p.is_file()));
+    found.unwrap_or_else(|| {
+        panic!("`{tool}` is not installed; install it with: {install} (or run tests/run.sh, which does)")
+    })
+}
+
+pub fn require_pymysql() {
+    let ok = Command::new("python3").args(["-c", "import pymysql"]).status().is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "PyMySQL is not importable by python3; install it with: python3 -m pip install PyMySQL (or run tests/run.sh)"
+    );
+}
+
+/// Certificates for the tests: one CA, one leaf valid for localhost, db.internal and 127.0.0.1.
+pub struct Certs {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn make_certs(dir: &Path) -> Certs {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap_or_else(|e| panic!("ca key: {e}"));
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| panic!("{e}"));
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "flexgate test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap_or_else(|e| panic!("ca: {e}"));
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap_or_else(|e| panic!("leaf key: {e}"));
+    let mut leaf = CertificateParams::new(vec!["localhost".into(), "db.internal".into(), "127.0.0.1".into()])
+        .unwrap_or_else(|e| panic!("{e}"));
+    leaf.distinguished_name.push(DnType::CommonName, "localhost");
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap_or_else(|e| panic!("leaf: {e}"));
+    let certs = Certs {
+        dir: dir.to_path_buf(),
+        ca: dir.join("ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server-key.pem"),
+    };
+    std::fs::write(&certs.ca, ca_cert.pem()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&certs.cert, format!("{}{}", leaf_cert.pem(), ca_cert.pem())).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&certs.key, leaf_key.serialize_pem()).unwrap_or_else(|e| panic!("{e}"));
+    certs
+}
+
+/// A running mariadbd. Killed when the test process exits (a watchdog shell waits on our pipe).
+pub struct MariaDb {
+    pub port: u16,
+    pub socket: PathBuf,
+    pub dir: PathBuf,
+    pub certs: Certs,
+    watchdog: Option<(Child, ChildStdin)>,
+}
+
+static SHARED: OnceLock<MariaDb> = OnceLock::new();
+static UNIQUE: AtomicU32 = AtomicU32::new(0);
+
+/// The binary's shared MariaDB, started on first use.
+pub fn mariadb() -> &'static MariaDb {
+    SHARED.get_or_init(|| {
+        let db = MariaDb::start(&tempdir_path("flexgate-it"));
+        // For the auth-switch test: ed25519 ships with mariadb-server.
+        db.root_sql("INSTALL SONAME 'auth_ed25519'");
+        db
+    })
+}
+
+/// A unique name for a test's user or schema.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}_{}", std::process::id(), UNIQUE.fetch_add(1, Ordering::Relaxed))
+}
+
+fn tempdir_path(prefix: &str) -> PathBuf {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    dir.keep()
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+impl MariaDb {
+    /// Initialises a datadir in `dir` and starts mariadbd on a free port.
+    pub fn start(dir: &Path) -> Self {
+        require_tool("mariadbd", "apt-get install -y mariadb-server");
+        require_tool("mariadb", "apt-get install -y mariadb-client");
+        let data = dir.join("data");
+        let out = Command::new("mariadb-install-db")
+            .args(["--no-defaults", "--auth-root-authentication-method=normal", "--skip-test-db"])
+            .arg(format!("--datadir={}", data.display()))
+            .args(user_arg())
+            .output()
+            .unwrap_or_else(|e| panic!("mariadb-install-db: {e}; install it with: apt-get install -y mariadb-server"));
+        assert!(out.status.success(), "mariadb-install-db failed: {}", String::from_utf8_lossy(&out.stderr));
+        let certs = make_certs(dir);
+        let mut db = Self { port: 0, socket: dir.join("mysqld.sock"), dir: dir.to_path_buf(), certs, watchdog: None };
+        db.launch();
+        db
+    }
+
+    /// Starts (or restarts) mariadbd on the same datadir; a new port is only picked the first time.
+    pub fn launch(&mut self) {
+        let first = self.port == 0;
+        for _attempt in 0..5 {
+            if first {
+                self.port = free_port();
+            }
+            let d = &self.dir;
+            let args = vec![
+                "--no-defaults".to_string(),
+                format!("--datadir={}", d.join("data").display()),
+                format!("--socket={}", self.socket.display()),
+                format!("--port={}", self.port),
+                "--bind-address=127.0.0.1".into(),
+                format!("--pid-file={}", d.join("mysqld.pid").display()),
+                format!("--log-error={}", d.join("error.log").display()),
+                format!("--ssl-ca={}", self.certs.ca.display()),
+                format!("--ssl-cert={}", self.certs.cert.display()),
+                format!("--ssl-key={}", self.certs.key.display()),
+                "--skip-name-resolve".into(),
+                "--max-connections=1000".into(),
+                "--max-connect-errors=100000".into(),
+                "--max-allowed-packet=128M".into(),
+                "--local-infile=1".into(),
+                "--innodb-buffer-pool-size=64M".into(),
+                "--innodb-flush-log-at-trx-commit=0".into(),
+                "--skip-log-bin".into(),
+            ];
+            let mut args = args;
+            args.extend(user_arg());
+            // The shell runs mariadbd and kills it when our end of its stdin closes, i.e. when
+            // this process exits however it exits.
+            let script = r#"mariadbd "$@" & pid=$!; read -r _; kill "$pid" 2>/dev/null; wait "$pid""#;
+            let mut child = Command::new("sh")
+                .args(["-c", script, "sh"])
+                .args(&args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn mariadbd: {e}"));
+            let stdin = child.stdin.take().unwrap_or_else(|| panic!("no stdin pipe"));
+            self.watchdog = Some((child, stdin));
+            if self.wait_ready(Duration::from_secs(60)) {
+                return;
+            }
+            self.stop();
+            if !first {
+                break;
+            }
+        }
+        let log = std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default();
+        panic!("mariadbd did not start; its error log:\n{log}");
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if let Some((child, _)) = &mut self.watchdog {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return false;
+                }
+            }
+            if self.root_sql_try("SELECT 1").is_ok_and(|o| o.status.success()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// Stops mariadbd and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some((mut child, stdin)) = self.watchdog.take() {
+            drop(stdin);
+            let until = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < until {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn root_sql_try(&self, sql: &str) -> std::io::Result<Output> {
+        Command::new("mariadb")
+            .args(["--no-defaults", "-uroot", "--skip-ssl", "-N", "-B"])
+            .arg(format!("--socket={}", self.socket.display()))
+            .args(["-e", sql])
+            .output()
+    }
+
+    /// Runs SQL as root over the Unix socket; panics on failure. Returns stdout.
+    pub fn root_sql(&self, sql: &str) -> String {
+        let out = self.root_sql_try(sql).unwrap_or_else(|e| panic!("mariadb: {e}"));
+        assert!(out.status.success(), "root SQL failed: {sql}\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A fresh user with its own schema and all privileges on it. Returns (user, schema).
+    pub fn user(&self) -> (String, String) {
+        let user = unique("u");
+        let db = unique("db");
+        self.root_sql(&format!(
+            "CREATE DATABASE {db}; CREATE USER '{user}'@'%' IDENTIFIED BY '{PASSWORD}'; \
+             GRANT ALL ON {db}.* TO '{user}'@'%'; GRANT FILE ON *.* TO '{user}'@'%';"
+        ));
+        (user, db)
+    }
+}
+
+fn user_arg() -> Vec<String> {
+    // mariadbd refuses to run as root unless told to.
+    let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if is_root { vec!["--user=root".into()] } else { vec![] }
+}
+
+/// Settings for an in-process flexgate.
+pub struct ProxyConfig {
+    pub backend: String,
+    pub min_version: &'static str,
+    pub require_secure_transport: bool,
+    pub handshake_timeout: &'static str,
+    pub backend_tls: Option<String>,
+    pub tls: bool,
+}
+
+impl ProxyConfig {
+    pub fn to(db: &MariaDb) -> Self {
+        Self {
+            backend: db.addr(),
+            min_version: "1.2",
+            require_secure_transport: true,
+            handshake_timeout: "10s",
+            backend_tls: None,
+            tls: true,
+        }
+    }
+
+    pub fn toml(&self, certs: &Certs) -> String {
+        let mut t = format!("[backend]\naddress = \"{}\"\nconnect_timeout = \"2s\"\n", self.backend);
+        if let Some(extra) = &self.backend_tls {
+            t.push_str(&format!("[backend.tls]\n{extra}\n"));
+        }
+        t.push_str("[tls]\n");
+        if self.tls {
+            t.push_str(&format!("cert = \"{}\"\nkey = \"{}\"\n", certs.cert.display(), certs.key.display()));
+        }
+        t.push_str(&format!(
+            "min_version = \"{}\"\nrequire_secure_transport = {}\n[[listener]]\nname = \"test\"\naddress = \"127.0.0.1:0\"\nhandshake_timeout = \"{}\"\n",
+            self.min_version, self.require_secure_transport, self.handshake_timeout
+        ));
+        t
+    }
+
+    /// Starts flexgate on this runtime; it stops when the returned handle drops.
+    pub async fn start(self, certs: &Certs) -> RunningProxy {
+        // FLEXGATE_LOG=debug shows flexgate's own log lines in failing tests' output.
+        let filter = tracing_subscriber::EnvFilter::try_from_env("FLEXGATE_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        let text = self.toml(certs);
+        let cfg = Config::parse(&text, &certs.dir.join("test.toml")).unwrap_or_else(|e| panic!("config: {e}\n{text}"));
+        let proxy = Proxy::build(&cfg).unwrap_or_else(|e| panic!("build: {e}"));
+        let bound = proxy.bind().await.unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = bound.local_addrs()[0].1;
+        let metrics = bound.metrics();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(bound.serve(shutdown.clone(), Duration::from_secs(1)));
+        RunningProxy { addr, metrics, shutdown }
+    }
+}
+
+pub struct RunningProxy {
+    pub addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+}
+
+impl RunningProxy {
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Runs a command to completion off the async runtime's threads.
+pub async fn run(mut cmd: Command) -> Output {
+    let desc = format!("{cmd:?}");
+    tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap_or_else(|e| panic!("join: {e}"))
+        .unwrap_or_else(|e| panic!("{desc}: {e}"))
+}
+
+/// The mariadb CLI against `port`, verifying flexgate's certificate.
+pub fn cli(port: u16, user: &str, password: &str, certs: &Certs) -> Command {
+    require_tool("mariadb", "apt-get install -y mariadb-client");
+    let mut c = Command::new("mariadb");
+    c.args(["--no-defaults", "-h", "127.0.0.1", "-N", "-B", "--connect-timeout=10"])
+        .arg(format!("-P{port}"))
+        .arg(format!("-u{user}"))
+        .arg(format!("-p{password}"))
+        .arg("--ssl-verify-server-cert")
+        .arg(format!("--ssl-ca={}", certs.ca.display()));
+    c
+}
+
+/// Runs a PyMySQL snippet. The snippet sees `host`, `port`, `user`, `pw`, `ca`, `db` and must
+/// print its result; stdout is returned. Exceptions are printed as `ERR <code> <message>`.
+pub async fn pymysql(port: u16, user: &str, db: &str, password: &str, certs: &Certs, body: &str) -> String {
+    require_pymysql();
+    let script = format!(
+        "import sys, ssl, pymysql\nhost, port, user, pw, ca, db = '127.0.0.1', {port}, {user:?}, {password:?}, {ca:?}, {db:?}\n\
+         try:\n{body}\nexcept pymysql.err.MySQLError as e:\n    print('ERR', e.args[0], e.args[1] if len(e.args) > 1 else '')\n",
+        ca = certs.ca.display().to_string(),
+        body = body.lines().map(|l| format!("    {l}\n")).collect::<String>(),
+    );
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", &script]);
+    let out = run(cmd).await;
+    assert!(out.status.success(), "python failed:\n{}\n{script}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `openssl s_client -starttls mysql`; returns the negotiated version from the client's side
+/// (`TLSv1.3`, `TLSv1.2`, ...) or `None` if the handshake failed.
+pub async fn openssl_version(port: u16, flags: &[&str]) -> Option<String> {
+    require_tool("openssl", "apt-get install -y openssl");
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-starttls", "mysql"])
+        .args(flags)
+        .stdin(Stdio::null());
+    let out = run(cmd).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("New, "))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|v| (v.starts_with("TLSv")).then(|| v.to_string()))
+}
+
+/// mysql_async options for `port`, verifying flexgate's certificate against the test CA.
+pub fn async_opts(port: u16, user: &str, db: &str, password: &str, certs: &Certs) -> mysql_async::Opts {
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(port)
+        .user(Some(user))
+        .pass(Some(password))
+        .db_name(Some(db))
+        .prefer_socket(false)
+        .ssl_opts(mysql_async::SslOpts::default().with_root_certs(vec![certs.ca.clone().into()]))
+        .into()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim().to_string()
+}
+
+/// Waits (bounded) until `f` returns true; session counters are updated just after the client
+/// has seen its answer, so tests wait for them rather than read them once.
+pub async fn eventually(what: &str, f: impl Fn() -> bool) {
+    let until = Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
