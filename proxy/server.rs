@@ -152,14 +152,8 @@ async fn accept_loop(
             },
             () = shutdown.cancelled() => return,
         };
-        let ctx = ctx.clone();
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            // Sessions outlive the accept loop by the grace period only.
-            tokio::select! {
-                () = session::run(sock, peer, ctx) => {}
-                () = async { stop.cancelled().await; std::future::pending::<()>().await } => {}
-            }
-        });
+        // Sessions outlive the accept loop by the grace period only: `serve` stops waiting for
+        // them then, and dropping the runtime closes what is left.
+        tasks.spawn(session::run(sock, peer, ctx.clone()));
     }
 }

@@ -248,3 +248,33 @@ impl ServerCertVerifier for ChainOnly {
         self.0.supported_verify_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wrapped(e: rustls::Error) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+
+    #[test]
+    fn handshake_failures_say_which_side_must_change() {
+        let old = wrapped(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered));
+        assert!(describe_handshake_failure(&old, TlsVersion::Tls12).contains("only TLS 1.1 or older"));
+        for p in [
+            rustls::PeerIncompatible::Tls12NotOfferedOrEnabled,
+            rustls::PeerIncompatible::SupportedVersionsExtensionRequired,
+        ] {
+            let msg = describe_handshake_failure(&wrapped(rustls::Error::PeerIncompatible(p)), TlsVersion::Tls13);
+            assert!(msg.contains("did not offer TLS 1.3"), "{msg}");
+        }
+        let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "eof");
+        assert!(describe_handshake_failure(&eof, TlsVersion::Tls12).starts_with("transport error"));
+    }
+
+    #[test]
+    fn version_names_match_mysql() {
+        assert_eq!(version_name(rustls::ProtocolVersion::TLSv1_3), "TLSv1.3");
+        assert_eq!(version_name(rustls::ProtocolVersion::TLSv1_2), "TLSv1.2");
+    }
+}

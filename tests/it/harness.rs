@@ -183,10 +183,10 @@ impl MariaDb {
     fn wait_ready(&mut self, limit: Duration) -> bool {
         let until = Instant::now() + limit;
         while Instant::now() < until {
-            if let Some((child, _)) = &mut self.watchdog {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return false;
-                }
+            if let Some((child, _)) = &mut self.watchdog
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                return false;
             }
             if self.root_sql_try("SELECT 1").is_ok_and(|o| o.status.success()) {
                 return true;

@@ -37,3 +37,28 @@ async fn auth_switch_to_ed25519_is_relayed() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).starts_with(&user));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn several_listeners_serve_at_once() {
+    let db = mariadb();
+    let (user, _) = db.user();
+    let mut text = ProxyConfig::to(db).toml(&db.certs);
+    text.push_str("[[listener]]\nname = \"private\"\naddress = \"127.0.0.1:0\"\nhandshake_timeout = \"5s\"\n");
+    let cfg = flexgate::config::Config::parse(&text, &db.certs.dir.join("two.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let bound = flexgate::server::Proxy::build(&cfg)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .bind()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addrs = bound.local_addrs();
+    assert_eq!(addrs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["test", "private"]);
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(bound.serve(stop.clone(), std::time::Duration::from_secs(1)));
+    for (name, addr) in &addrs {
+        let mut c = cli(addr.port(), &user, PASSWORD, &db.certs);
+        c.args(["-e", "SELECT 1"]);
+        let o = run(c).await;
+        assert_eq!(stdout(&o), "1", "listener {name}: {}", stderr(&o));
+    }
+    stop.cancel();
+}

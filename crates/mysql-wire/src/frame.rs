@@ -30,15 +30,25 @@ impl Header {
     }
 }
 
+/// One whole packet at the front of a buffer, borrowing its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// The decoded header.
+    pub header: Header,
+    /// The payload.
+    pub payload: &'a [u8],
+    /// Bytes of the buffer the packet used (header included).
+    pub used: usize,
+}
+
 /// Splits one whole packet off the front of `buf`.
 ///
 /// `Ok(None)` means "read more, then call again". The announced length is checked against
 /// `max` before the payload is awaited, so a peer cannot make the caller buffer more than `max`.
-/// Returns the header, the payload and how many bytes of `buf` the packet used.
-pub fn frame(buf: &[u8], max: usize) -> Result<Option<(Header, &[u8], usize)>, WireError> {
+pub fn frame(buf: &[u8], max: usize) -> Result<Option<Frame<'_>>, WireError> {
     let Some((hdr, rest)) = buf.split_first_chunk::<HEADER_LEN>() else { return Ok(None) };
     let header = Header::parse(*hdr).check(max)?;
-    Ok(rest.get(..header.len).map(|payload| (header, payload, HEADER_LEN + header.len)))
+    Ok(rest.get(..header.len).map(|payload| Frame { header, payload, used: HEADER_LEN + header.len }))
 }
 
 /// Appends a header for a payload of `len` bytes.
@@ -70,7 +80,7 @@ mod tests {
         for cut in 0..pkt.len() {
             assert_eq!(frame(&pkt[..cut], 64), Ok(None), "prefix of {cut} bytes");
         }
-        assert_eq!(frame(&pkt, 64), Ok(Some((Header { len: 5, seq: 3 }, &b"hello"[..], 9))));
+        assert_eq!(frame(&pkt, 64), Ok(Some(Frame { header: Header { len: 5, seq: 3 }, payload: b"hello", used: 9 })));
     }
 
     #[test]
@@ -84,10 +94,10 @@ mod tests {
             let mut buf = Vec::new();
             write_packet(&mut buf, seq, &payload);
             buf.extend_from_slice(&tail);
-            let (h, p, used) = frame(&buf, 300).map_err(|e| TestCaseError::fail(e.to_string()))?.ok_or_else(|| TestCaseError::fail("incomplete"))?;
-            prop_assert_eq!(h, Header { len: payload.len(), seq });
-            prop_assert_eq!(p, &payload[..]);
-            prop_assert_eq!(used, payload.len() + HEADER_LEN);
+            let f = frame(&buf, 300).map_err(|e| TestCaseError::fail(e.to_string()))?.ok_or_else(|| TestCaseError::fail("incomplete"))?;
+            prop_assert_eq!(f.header, Header { len: payload.len(), seq });
+            prop_assert_eq!(f.payload, &payload[..]);
+            prop_assert_eq!(f.used, payload.len() + HEADER_LEN);
         }
     }
 }

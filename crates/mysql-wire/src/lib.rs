@@ -19,6 +19,6 @@ mod reader;
 
 pub use caps::{Capabilities, MariaDbCapabilities};
 pub use error::WireError;
-pub use frame::{HEADER_LEN, Header, MAX_PAYLOAD_LEN, frame, write_header, write_packet};
+pub use frame::{Frame, HEADER_LEN, Header, MAX_PAYLOAD_LEN, frame, write_header, write_packet};
 pub use handshake::{ClientFirst, Greeting, HandshakeResponse, SSL_REQUEST_LEN, SslRequest, parse_client_first};
 pub use packets::{AuthPacket, ErrPacket, codes, write_err};
