@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# flexgate's test command (the README's second command, and what CI runs).
+#
+#   tests/run.sh
+#
+# Installs what the suite needs and is missing (Debian 12: mariadb-server, mariadb-client,
+# openssl, PyMySQL), then runs formatting and lint checks, every unit, property and
+# integration test, and, when a nightly toolchain is present, a short fuzz run.
+# A dependency that cannot be installed stops the run with the command that would install it.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# mariadbd lives in /usr/sbin, which is not on every user's PATH.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() {
+    printf 'tests/run.sh: error: %s\n' "$*" >&2
+    exit 1
+}
+
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo "$@"
+    else
+        die "not root and no sudo; run as root: $*"
+    fi
+}
+
+apt_updated=0
+apt_install() {
+    command -v apt-get >/dev/null || die "apt-get not found; install these by hand: $*"
+    if [[ $apt_updated -eq 0 ]]; then
+        say "apt-get update"
+        as_root apt-get update -qq
+        apt_updated=1
+    fi
+    say "installing: $*"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+command -v cargo >/dev/null ||
+    die "cargo is not installed; install Rust $(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml) or newer with rustup"
+
+missing=()
+command -v mariadbd >/dev/null || missing+=(mariadb-server)
+command -v mariadb >/dev/null || missing+=(mariadb-client)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v python3 >/dev/null || missing+=(python3)
+if [[ ${#missing[@]} -gt 0 ]]; then
+    apt_install "${missing[@]}"
+fi
+for tool in mariadbd mariadb mariadb-install-db openssl python3; do
+    command -v "$tool" >/dev/null || die "$tool is still missing after installing packages"
+done
+
+if ! python3 -c 'import pymysql' 2>/dev/null; then
+    # Debian's python3 is externally managed (PEP 668): use its package; other
+    # interpreters (pyenv, venvs) take PyMySQL from PyPI.
+    if [[ "$(command -v python3)" == /usr/bin/python3 ]]; then
+        apt_install python3-pymysql
+    else
+        say "installing PyMySQL with pip"
+        python3 -m pip install --quiet PyMySQL
+    fi
+    python3 -c 'import pymysql' 2>/dev/null ||
+        die "PyMySQL is not importable; install it with: apt-get install python3-pymysql (or pip install PyMySQL)"
+fi
+
+say "cargo fmt --check"
+cargo fmt --all --check
+
+say "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "cargo test"
+cargo test --workspace --locked
+
+# Fuzzing needs a nightly toolchain (cargo-fuzz builds with sanitizers); run briefly when
+# one is installed. Without one the fuzz target is only built by nothing, so say so.
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+        say "installing cargo-fuzz"
+        cargo install --quiet --locked cargo-fuzz
+    fi
+    secs="${FUZZ_SECONDS:-20}"
+    for target in $(cd fuzz && cargo +nightly fuzz list); do
+        say "fuzzing $target for ${secs}s"
+        (cd fuzz && cargo +nightly fuzz run "$target" -- -max_total_time="$secs" -rss_limit_mb=1024 2>&1 | tail -n 3)
+    done
+else
+    say "no nightly toolchain: fuzz targets not run (install one with: rustup toolchain install nightly)"
+fi
+say "all checks passed"
