@@ -29,6 +29,11 @@ impl Backend {
         &self.label
     }
 
+    /// Bound on connecting and on waiting for the server's greeting.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
     /// Whether the server leg is upgraded to TLS after the greeting.
     pub fn uses_tls(&self) -> bool {
         self.tls.is_some()

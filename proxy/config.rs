@@ -233,6 +233,16 @@ impl Config {
             if l.address.port() != 0 && listeners.iter().any(|o| o.address == l.address) {
                 return Err(at.err(&format!("listener[{i}].address"), format!("{} is used twice", l.address)));
             }
+            if backend.connect_timeout >= l.handshake_timeout {
+                return Err(at.err(
+                    "backend.connect_timeout",
+                    format!(
+                        "{:?} must be shorter than listener[{i}].handshake_timeout ({:?}), or clients time out \
+                         before they can be told the server is unreachable",
+                        backend.connect_timeout, l.handshake_timeout
+                    ),
+                ));
+            }
             listeners.push(l);
         }
         Ok(Self { source: path.to_path_buf(), backend, tls, listeners })

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use flexgate::config::Config;
+use flexgate::config::{BackendAddress, Config};
 use flexgate::server::Proxy;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -85,6 +85,16 @@ fn main() -> ExitCode {
 
 async fn run(path: PathBuf) -> Result<(), String> {
     let cfg = Config::load(&path).map_err(|e| e.to_string())?;
+    if matches!(cfg.backend.address, BackendAddress::Unix(_)) && running_as_root() {
+        // The server sees every client as a local connection from flexgate's OS user, and
+        // MariaDB's root@localhost accepts unix_socket authentication by default.
+        return Err(format!(
+            "{}: backend.address: refusing to connect to a Unix-socket backend as root: with unix_socket \
+             authentication (MariaDB's default for root@localhost) any client could log in as root with any \
+             password; run flexgate as its own user (see examples/flexgate.service)",
+            path.display()
+        ));
+    }
     if !cfg.tls.require_secure_transport {
         warn!(
             config = %path.display(),
@@ -111,6 +121,16 @@ async fn run(path: PathBuf) -> Result<(), String> {
     bound.serve(shutdown, SHUTDOWN_GRACE).await;
     info!("stopped");
     Ok(())
+}
+
+/// Whether the effective uid is 0 (read from procfs: no unsafe libc call needed).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|l| l.strip_prefix("Uid:").map(|ids| ids.split_whitespace().nth(1) == Some("0")))
+        })
+        .unwrap_or(false)
 }
 
 async fn wait_for_signal() {

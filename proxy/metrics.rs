@@ -18,6 +18,7 @@ pub const OUTCOMES: &[&str] = &[
     "tls_failed",
     "client_gone",
     "insecure_transport_refused",
+    "auth_refused",
     "handshake_timeout",
 ];
 

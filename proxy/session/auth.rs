@@ -7,6 +7,18 @@
 
 use crate::protocol::{AuthPacket, WireError, plugins};
 
+/// How the flexgate → server leg is protected, as MySQL's `is_secure_transport()` sees it,
+/// plus whether a plaintext leg stays on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BackendLeg {
+    /// TLS or a Unix socket.
+    Secure,
+    /// Plaintext TCP to a loopback address: not secure to the server, but never on a wire.
+    PlainLoopback,
+    /// Plaintext TCP across the network.
+    PlainNetwork,
+}
+
 /// Whose packet is expected next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Turn {
@@ -15,6 +27,7 @@ pub(crate) enum Turn {
 }
 
 /// What to do with a server packet.
+#[must_use]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ServerVerdict {
     /// Relay it; then wait for `next`.
@@ -26,6 +39,7 @@ pub(crate) enum ServerVerdict {
 }
 
 /// What to do with a client packet.
+#[must_use]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ClientVerdict {
     /// Relay it, then wait for the server.
@@ -33,6 +47,18 @@ pub(crate) enum ClientVerdict {
     /// Do not relay it: it is a cleartext password and the backend leg is not secure. Fetch the
     /// server's RSA key, send the password encrypted to it, then wait for the server.
     EncryptToServerKey,
+    /// Do not relay it, and end the login: relaying would expose the password or cannot work.
+    Refuse(AuthRefusal),
+}
+
+/// Why flexgate ended a login the server had not decided yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRefusal {
+    /// A cleartext-password plugin on a TLS client over a plaintext network leg to the server.
+    CleartextOverNetwork,
+    /// `caching_sha2_password` full authentication from a plaintext client to a server that
+    /// expects the password in the clear (its leg to flexgate is secure).
+    FullAuthNeedsTls,
 }
 
 /// `caching_sha2_password` AuthMoreData statuses.
@@ -40,6 +66,14 @@ const FAST_AUTH_SUCCESS: &[u8] = &[0x03];
 const PERFORM_FULL_AUTH: &[u8] = &[0x04];
 /// A client's request for the server's RSA public key (`caching_sha2_password`).
 pub(crate) const REQUEST_PUBLIC_KEY: u8 = 0x02;
+/// The same request in `sha256_password`.
+const SHA256_REQUEST_PUBLIC_KEY: u8 = 0x01;
+
+/// Plugins whose client packets carry the password itself when the client's transport is
+/// secure (as its TLS leg to flexgate is).
+fn sends_cleartext(plugin: &[u8]) -> bool {
+    matches!(plugin, b"mysql_clear_password" | b"dialog" | b"sha256_password")
+}
 
 /// State of one authentication exchange.
 #[derive(Debug)]
@@ -49,13 +83,33 @@ pub(crate) struct AuthExchange {
     turn: Turn,
     /// The server asked for full authentication and the client has not answered yet.
     full_auth_pending: bool,
-    backend_secure: bool,
+    client_tls: bool,
+    backend: BackendLeg,
 }
 
 impl AuthExchange {
-    /// Starts after the HandshakeResponse was forwarded: the server speaks next.
-    pub(crate) fn new(client_plugin: &[u8], nonce: Vec<u8>, backend_secure: bool) -> Self {
-        Self { plugin: client_plugin.to_vec(), nonce, turn: Turn::Server, full_auth_pending: false, backend_secure }
+    /// Starts after the HandshakeResponse: `client_plugin` and `auth_response` are its fields.
+    /// Refuses before anything is forwarded if the response itself carries a cleartext password
+    /// that the backend leg would expose.
+    pub(crate) fn new(
+        client_plugin: &[u8],
+        auth_response: &[u8],
+        nonce: Vec<u8>,
+        client_tls: bool,
+        backend: BackendLeg,
+    ) -> Result<Self, AuthRefusal> {
+        let x = Self {
+            plugin: client_plugin.to_vec(),
+            nonce,
+            turn: Turn::Server,
+            full_auth_pending: false,
+            client_tls,
+            backend,
+        };
+        match x.check_cleartext(auth_response) {
+            ClientVerdict::Refuse(r) => Err(r),
+            _ => Ok(x),
+        }
     }
 
     pub(crate) fn turn(&self) -> Turn {
@@ -85,6 +139,7 @@ impl AuthExchange {
                 self.full_auth_pending = self.plugin == plugins::CACHING_SHA2 && data == PERFORM_FULL_AUTH;
                 ServerVerdict::Forward { next: Turn::Client }
             }
+            AuthPacket::Data(_) => ServerVerdict::Forward { next: Turn::Client },
         };
         if let ServerVerdict::Forward { next } = verdict {
             self.turn = next;
@@ -95,12 +150,34 @@ impl AuthExchange {
     pub(crate) fn on_client(&mut self, payload: &[u8]) -> ClientVerdict {
         debug_assert_eq!(self.turn, Turn::Client);
         self.turn = Turn::Server;
-        let full_auth = std::mem::take(&mut self.full_auth_pending);
-        // After "perform full authentication" a client either asks for the key (0x02, and then
-        // encrypts itself) or sends its password with a NUL, which it does when it believes
-        // its transport is secure. Its transport is the TLS leg to flexgate; ours may not be.
-        if full_auth && !self.backend_secure && payload != [REQUEST_PUBLIC_KEY] {
-            ClientVerdict::EncryptToServerKey
+        if std::mem::take(&mut self.full_auth_pending) {
+            // After "perform full authentication" a client either asks for the key (0x02) and
+            // encrypts itself, or sends its password with a NUL because it believes its
+            // transport is secure. Its transport is its leg to flexgate; ours may differ.
+            let key_request = payload == [REQUEST_PUBLIC_KEY];
+            return match (self.client_tls, self.backend, key_request) {
+                (true, BackendLeg::PlainLoopback | BackendLeg::PlainNetwork, false) => {
+                    ClientVerdict::EncryptToServerKey
+                }
+                // A server on a secure leg reads the next packet as the password itself.
+                (false, BackendLeg::Secure, true) => ClientVerdict::Refuse(AuthRefusal::FullAuthNeedsTls),
+                _ => ClientVerdict::Forward,
+            };
+        }
+        self.check_cleartext(payload)
+    }
+
+    /// A TLS client answering a cleartext plugin sends its password as is; over a plaintext
+    /// network leg that would undo the client's TLS.
+    fn check_cleartext(&self, payload: &[u8]) -> ClientVerdict {
+        let is_key_request = self.plugin == b"sha256_password" && payload == [SHA256_REQUEST_PUBLIC_KEY];
+        if self.client_tls
+            && self.backend == BackendLeg::PlainNetwork
+            && sends_cleartext(&self.plugin)
+            && !payload.is_empty()
+            && !is_key_request
+        {
+            ClientVerdict::Refuse(AuthRefusal::CleartextOverNetwork)
         } else {
             ClientVerdict::Forward
         }
@@ -111,25 +188,33 @@ impl AuthExchange {
 mod tests {
     use super::*;
 
+    fn exchange(plugin: &[u8], client_tls: bool, backend: BackendLeg) -> AuthExchange {
+        AuthExchange::new(plugin, b"", vec![7; 20], client_tls, backend).unwrap_or_else(|r| panic!("{r:?}"))
+    }
+
     fn sha2(secure: bool) -> AuthExchange {
-        AuthExchange::new(plugins::CACHING_SHA2, vec![7; 20], secure)
+        exchange(plugins::CACHING_SHA2, true, if secure { BackendLeg::Secure } else { BackendLeg::PlainLoopback })
+    }
+
+    fn native() -> AuthExchange {
+        exchange(b"mysql_native_password", true, BackendLeg::PlainNetwork)
     }
 
     #[test]
     fn native_password_ok() {
-        let mut x = AuthExchange::new(b"mysql_native_password", vec![1; 20], false);
+        let mut x = native();
         assert_eq!(x.on_server(&[0, 0, 0, 2, 0]), Ok(ServerVerdict::Success));
     }
 
     #[test]
     fn error_ends_the_exchange_with_its_code() {
-        let mut x = AuthExchange::new(b"mysql_native_password", vec![1; 20], false);
+        let mut x = native();
         assert_eq!(x.on_server(b"\xff\x15\x04#28000Access denied"), Ok(ServerVerdict::Failure { code: 1045 }));
     }
 
     #[test]
     fn switch_takes_the_new_nonce_and_waits_for_the_client() {
-        let mut x = AuthExchange::new(b"mysql_native_password", vec![1; 20], false);
+        let mut x = native();
         assert_eq!(
             x.on_server(b"\xfeclient_ed25519\0abcdefghijklmnopqrstuvwxyz012345\0"),
             Ok(ServerVerdict::Forward { next: Turn::Client })
@@ -171,7 +256,66 @@ mod tests {
 
     #[test]
     fn garbage_from_server_is_an_error() {
-        assert!(sha2(false).on_server(&[0x42]).is_err());
         assert!(sha2(false).on_server(&[]).is_err());
+    }
+
+    #[test]
+    fn unprefixed_plugin_data_goes_to_the_client() {
+        // MariaDB sends an ed25519 nonce or a PAM prompt without the 0x01 marker.
+        let mut x = exchange(b"client_ed25519", true, BackendLeg::PlainLoopback);
+        assert_eq!(x.on_server(&[0x42; 32]), Ok(ServerVerdict::Forward { next: Turn::Client }));
+        assert_eq!(x.on_client(&[9; 64]), ClientVerdict::Forward);
+    }
+
+    #[test]
+    fn cleartext_plugins_are_not_relayed_from_tls_clients_over_the_network() {
+        for plugin in ["mysql_clear_password", "dialog", "sha256_password"] {
+            let mut switch = b"\xfe".to_vec();
+            switch.extend_from_slice(plugin.as_bytes());
+            switch.push(0);
+            for (client_tls, leg, refused) in [
+                (true, BackendLeg::PlainNetwork, true),
+                (true, BackendLeg::PlainLoopback, false),
+                (true, BackendLeg::Secure, false),
+                (false, BackendLeg::PlainNetwork, false),
+            ] {
+                let mut x = exchange(b"mysql_native_password", client_tls, leg);
+                assert_eq!(x.on_server(&switch), Ok(ServerVerdict::Forward { next: Turn::Client }));
+                let v = x.on_client(b"secret\0");
+                assert_eq!(
+                    v == ClientVerdict::Refuse(AuthRefusal::CleartextOverNetwork),
+                    refused,
+                    "{plugin} tls={client_tls} {leg:?}: {v:?}"
+                );
+            }
+        }
+        // The same rule applies to a cleartext password in the HandshakeResponse itself.
+        assert_eq!(
+            AuthExchange::new(b"mysql_clear_password", b"secret\0", vec![], true, BackendLeg::PlainNetwork).err(),
+            Some(AuthRefusal::CleartextOverNetwork)
+        );
+        // sha256_password's key request carries no password.
+        let mut x = exchange(b"sha256_password", true, BackendLeg::PlainNetwork);
+        x.on_server(&[1, 4]).ok();
+        assert_eq!(x.on_client(&[1]), ClientVerdict::Forward);
+    }
+
+    #[test]
+    fn sha2_full_auth_by_leg() {
+        use BackendLeg::*;
+        for (client_tls, leg, packet, want) in [
+            (true, PlainNetwork, &b"pw\0"[..], ClientVerdict::EncryptToServerKey),
+            (true, PlainLoopback, b"pw\0", ClientVerdict::EncryptToServerKey),
+            (true, Secure, b"pw\0", ClientVerdict::Forward),
+            (true, PlainNetwork, &[REQUEST_PUBLIC_KEY], ClientVerdict::Forward),
+            // A plaintext client that holds the key sends ciphertext: relay it untouched.
+            (false, PlainNetwork, &[0xaa; 256], ClientVerdict::Forward),
+            (false, PlainNetwork, &[REQUEST_PUBLIC_KEY], ClientVerdict::Forward),
+            (false, Secure, &[REQUEST_PUBLIC_KEY], ClientVerdict::Refuse(AuthRefusal::FullAuthNeedsTls)),
+        ] {
+            let mut x = exchange(plugins::CACHING_SHA2, client_tls, leg);
+            x.on_server(&[1, 4]).ok();
+            assert_eq!(x.on_client(packet), want, "tls={client_tls} {leg:?}");
+        }
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use super::auth::AuthRefusal;
 use crate::protocol::{WireError, codes};
 
 /// Who caused a failure: picks the log level and the outcome label.
@@ -95,6 +96,9 @@ pub enum SessionError {
         /// Cause.
         detail: String,
     },
+    /// flexgate ended the auth exchange: relaying it would expose the password or fail.
+    #[error("login refused by flexgate: {0:?}")]
+    AuthRefused(AuthRefusal),
     /// The handshake deadline passed.
     #[error("login not completed within {0:?}")]
     Timeout(Duration),
@@ -168,6 +172,18 @@ impl SessionError {
                 codes::STATE_COMM,
                 format!("Bad handshake: flexgate does not support {what}; connect without it"),
             ),
+            Self::AuthRefused(AuthRefusal::CleartextOverNetwork) => r(
+                codes::NOT_SUPPORTED_AUTH_MODE,
+                codes::STATE_AUTH_MODE,
+                "flexgate will not send this account's cleartext password to the database server over an \
+                 unencrypted network connection; the operator must enable backend TLS (backend.tls.mode)"
+                    .into(),
+            ),
+            Self::AuthRefused(AuthRefusal::FullAuthNeedsTls) => r(
+                codes::NOT_SUPPORTED_AUTH_MODE,
+                codes::STATE_AUTH_MODE,
+                "this account's password must travel over a secure connection; connect to flexgate with TLS".into(),
+            ),
             Self::InsecureTransport => r(
                 codes::SECURE_TRANSPORT_REQUIRED,
                 codes::STATE_GENERAL,
@@ -186,7 +202,7 @@ impl SessionError {
             | Self::BackendLost { .. }
             | Self::BackendTls { .. }
             | Self::PasswordProtection { .. } => Blame::Server,
-            Self::InsecureTransport => Blame::Policy,
+            Self::InsecureTransport | Self::AuthRefused(_) => Blame::Policy,
             Self::ClientMalformed(_)
             | Self::ClientTooLarge(_)
             | Self::ClientOutOfOrder { .. }
@@ -209,6 +225,7 @@ impl SessionError {
             Self::ClientTls(_) => "tls_failed",
             Self::ClientGone(_) => "client_gone",
             Self::InsecureTransport => "insecure_transport_refused",
+            Self::AuthRefused(_) => "auth_refused",
             Self::Timeout(_) => "handshake_timeout",
         }
     }

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
 use tracing::{info, warn};
@@ -33,8 +33,8 @@ use crate::backend::Backend;
 use crate::config::TlsVersion;
 use crate::metrics::Metrics;
 use crate::protocol::{
-    AuthPacket, Capabilities, ClientFirst, Greeting, HandshakeResponse, MAX_PRE_AUTH_PAYLOAD, MariaDbCapabilities,
-    SslRequest, WireError, parse_client_first, scramble, write_err, write_header,
+    AuthPacket, Capabilities, ClientFirst, Greeting, HandshakeResponse, MAX_PRE_AUTH_PAYLOAD, SslRequest, WireError,
+    parse_client_first, scramble, write_err, write_header,
 };
 
 /// Relay buffer per direction. Large enough for a full TLS record and for big result sets to
@@ -91,7 +91,9 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>)
         Ok(r) => r,
         Err(_) => Err(SessionError::Timeout(ctx.handshake_timeout)),
     };
+    // Pre-auth packets may hold auth data; the relay does not use this buffer.
     s.buf.zeroize();
+    s.buf = Vec::new();
     let (outcome, code) = match result {
         Ok(Ended::Authenticated(backend)) => s.relay(backend).await,
         Ok(Ended::Denied { code }) => ("auth_failed", Some(code)),
@@ -193,8 +195,11 @@ impl Session {
     async fn dial(&mut self) -> Result<Phase, SessionError> {
         let backend_cfg = self.ctx.backend.clone();
         let mut backend = backend_cfg.dial().await?;
-        let header = read_packet(&mut backend, &mut self.buf, MAX_PRE_AUTH_PAYLOAD)
+        // A server that accepts but never greets is as unavailable as one that refuses.
+        let limit = backend_cfg.connect_timeout();
+        let header = tokio::time::timeout(limit, read_packet(&mut backend, &mut self.buf, MAX_PRE_AUTH_PAYLOAD))
             .await
+            .map_err(|_| SessionError::BackendTimeout { backend: backend_cfg.label().to_owned(), after: limit })?
             .map_err(|e| self.backend_read_error(e))?;
         if header.seq != 0 {
             return Err(self.backend_protocol(format!("greeting has sequence id {}", header.seq)));
@@ -233,7 +238,7 @@ impl Session {
             self.read_client().await?;
         }
         let response = HandshakeResponse::parse(&self.buf).map_err(SessionError::ClientMalformed)?;
-        self.log.user = Some(String::from_utf8_lossy(response.username).into_owned());
+        self.log.user = Some(loggable_user(response.username));
         policy::check_transport(tls_requested, self.ctx.require_secure_transport)?;
         policy::check_client_capabilities(response.capabilities)?;
         let response = zeroize::Zeroizing::new(std::mem::take(&mut self.buf));
@@ -282,17 +287,24 @@ impl Session {
                 mariadb_capabilities: r.mariadb_capabilities,
             }
             .write(&mut out);
+            // (SslRequest::write drops the MariaDB word when the client does not use it.)
             patch_len(&mut out);
             self.write_backend(&mut backend, &out).await?;
             backend = self.ctx.backend.upgrade(backend).await?;
             backend_seq += 1;
         }
         let plugin = r.auth_plugin.unwrap_or(b"mysql_native_password");
-        let mut exchange = AuthExchange::new(plugin, nonce, backend.is_secure());
+        let client_tls = matches!(self.client, Some(ClientStream::Tls(_)));
+        let mut exchange = AuthExchange::new(plugin, r.auth_response, nonce, client_tls, backend.leg())
+            .map_err(SessionError::AuthRefused)?;
+        // Only CLIENT_SSL differs between the legs, and it does not change the packet's layout:
+        // patching the flags in place forwards every other byte exactly as the client sent it.
         let mut out = zeroize::Zeroizing::new(Vec::with_capacity(response.len() + 4));
-        write_header(&mut out, 0, backend_seq);
-        HandshakeResponse { capabilities: caps, mariadb_capabilities: forwarded_ext(&r), ..r }.write(&mut out);
-        patch_len(&mut out);
+        write_header(&mut out, response.len(), backend_seq);
+        out.extend_from_slice(&response);
+        if let Some(flags) = out.get_mut(4..8) {
+            flags.copy_from_slice(&caps.0.to_le_bytes());
+        }
         self.write_backend(&mut backend, &out).await?;
         drop(out);
         backend_seq = backend_seq.wrapping_add(1);
@@ -315,11 +327,11 @@ impl Session {
                     self.read_client().await?;
                     match exchange.on_client(&self.buf) {
                         ClientVerdict::Forward => {
-                            let mut pkt = framed(backend_seq, &self.buf);
+                            let pkt = zeroize::Zeroizing::new(framed(backend_seq, &self.buf));
                             backend_seq = backend_seq.wrapping_add(1);
                             self.write_backend(&mut backend, &pkt).await?;
-                            pkt.zeroize();
                         }
+                        ClientVerdict::Refuse(why) => return Err(SessionError::AuthRefused(why)),
                         ClientVerdict::EncryptToServerKey => {
                             let password = zeroize::Zeroizing::new(std::mem::take(&mut self.buf));
                             if let Some(denied) =
@@ -402,6 +414,20 @@ impl Session {
         .await;
         if matches!(sent, Ok(Ok(()))) {
             self.log.bytes_out += out.len() as u64;
+            // Closing with unread input (the rest of an oversized packet, say) makes the kernel
+            // send RST, and a client that receives RST discards the ERR it has not read yet.
+            // Drain briefly and boundedly so that the client reads its error first.
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let mut sink = [0u8; 8192];
+                let mut left: usize = 1 << 20;
+                while left > 0 {
+                    match client.read(&mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => left = left.saturating_sub(n),
+                    }
+                }
+            })
+            .await;
         }
         Some(r.code)
     }
@@ -424,12 +450,18 @@ impl Session {
         let client = self.client.as_mut().ok_or_else(|| SessionError::ClientGone("connection closed".into()))?;
         let header = read_packet(client, &mut self.buf, MAX_PRE_AUTH_PAYLOAD).await.map_err(|e| match e {
             ReadError::Closed => SessionError::ClientGone("closed the connection".into()),
-            ReadError::TooLarge(w) => SessionError::ClientTooLarge(w),
+            ReadError::TooLarge { error, seq } => {
+                // The ERR answers the refused packet, so it carries the next sequence id.
+                self.client_seq = seq.wrapping_add(1);
+                SessionError::ClientTooLarge(error)
+            }
             ReadError::Io(e) => SessionError::ClientGone(e.to_string()),
         })?;
         self.log.bytes_in += (header.len + 4) as u64;
         if header.seq != self.client_seq {
-            return Err(SessionError::ClientOutOfOrder { expected: self.client_seq, got: header.seq });
+            let expected = self.client_seq;
+            self.client_seq = header.seq.wrapping_add(1);
+            return Err(SessionError::ClientOutOfOrder { expected, got: header.seq });
         }
         self.client_seq = self.client_seq.wrapping_add(1);
         Ok(())
@@ -464,7 +496,7 @@ impl Session {
         match e {
             ReadError::Closed => SessionError::BackendLost { backend, detail: "connection closed".into() },
             ReadError::Io(e) => SessionError::BackendLost { backend, detail: e.to_string() },
-            ReadError::TooLarge(w) => SessionError::BackendProtocol { backend, detail: w.to_string() },
+            ReadError::TooLarge { error, .. } => SessionError::BackendProtocol { backend, detail: error.to_string() },
         }
     }
 
@@ -473,9 +505,15 @@ impl Session {
     }
 }
 
-/// MariaDB's extended capabilities travel only when the client uses the extension.
-fn forwarded_ext(r: &HandshakeResponse<'_>) -> MariaDbCapabilities {
-    if r.capabilities.has_mariadb_extension() { r.mariadb_capabilities } else { MariaDbCapabilities(0) }
+/// The user name for logs: attacker-controlled and up to the pre-auth packet limit long, so
+/// cut at 80 characters, MariaDB's own limit on user names.
+fn loggable_user(name: &[u8]) -> String {
+    const MAX_CHARS: usize = 80;
+    let name = String::from_utf8_lossy(name);
+    match name.char_indices().nth(MAX_CHARS) {
+        Some((cut, _)) => format!("{}…", &name[..cut]),
+        None => name.into_owned(),
+    }
 }
 
 /// A packet with `payload` and sequence id `seq`.

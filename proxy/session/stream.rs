@@ -10,7 +10,9 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+use zeroize::Zeroize;
 
+use super::auth::BackendLeg;
 use crate::protocol::{HEADER_LEN, Header, WireError};
 
 /// The client's connection: plaintext until an SSLRequest, TLS after it.
@@ -28,9 +30,14 @@ pub(crate) enum BackendStream {
 
 impl BackendStream {
     /// Whether MySQL would call this transport secure (`is_secure_transport()`: TLS or a local
-    /// socket), which decides whether a cleartext password may cross it.
-    pub(crate) fn is_secure(&self) -> bool {
-        !matches!(self, Self::Tcp(_))
+    /// socket), and whether a plaintext one leaves the host; together they decide whether a
+    /// cleartext password may cross it.
+    pub(crate) fn leg(&self) -> BackendLeg {
+        match self {
+            Self::Tcp(s) if s.peer_addr().is_ok_and(|a| a.ip().is_loopback()) => BackendLeg::PlainLoopback,
+            Self::Tcp(_) => BackendLeg::PlainNetwork,
+            Self::Unix(_) | Self::Tls(_) => BackendLeg::Secure,
+        }
     }
 }
 
@@ -70,8 +77,8 @@ delegate_io!(BackendStream { Tcp, Unix, Tls });
 pub(crate) enum ReadError {
     /// The peer closed the connection (EOF), possibly mid-packet.
     Closed,
-    /// The header announced more than we accept.
-    TooLarge(WireError),
+    /// The header announced more than we accept; `seq` is the header's sequence id.
+    TooLarge { error: WireError, seq: u8 },
     /// A socket error.
     Io(io::Error),
 }
@@ -85,7 +92,12 @@ pub(crate) async fn read_packet<S: AsyncRead + Unpin>(
 ) -> Result<Header, ReadError> {
     let mut hdr = [0u8; HEADER_LEN];
     read_exact(s, &mut hdr).await?;
-    let header = Header::parse(hdr).check(max).map_err(ReadError::TooLarge)?;
+    let header = Header::parse(hdr);
+    let header = header.check(max).map_err(|error| ReadError::TooLarge { error, seq: header.seq })?;
+    if header.len > buf.capacity() {
+        // Growing would free the old allocation as it is; it may hold an auth response.
+        buf.zeroize();
+    }
     buf.clear();
     buf.resize(header.len, 0);
     read_exact(s, buf).await?;

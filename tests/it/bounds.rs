@@ -45,12 +45,12 @@ fn err_code(payload: &[u8]) -> Option<u16> {
 #[tokio::test(flavor = "multi_thread")]
 async fn handshake_timeout_closes_a_silent_socket() {
     let db = mariadb();
-    let proxy = ProxyConfig { handshake_timeout: "1s", ..ProxyConfig::to(db) }.start(&db.certs).await;
+    let proxy = ProxyConfig { handshake_timeout: "2s", ..ProxyConfig::to(db) }.start(&db.certs).await;
     let started = Instant::now();
     let mut s = greeted(proxy.port()).await;
     assert!(closes_within(&mut s, Duration::from_secs(5)).await, "silent socket still open");
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(900), "closed before the timeout: {waited:?}");
+    assert!(waited >= Duration::from_millis(1900), "closed before the timeout: {waited:?}");
     eventually("handshake_timeout == 1", || proxy.metrics.outcome_total("handshake_timeout") == 1).await;
 }
 
@@ -78,12 +78,14 @@ async fn garbage_and_oversized_input_get_err_then_close() {
     let db = mariadb();
     let (user, schema) = db.user();
     let proxy = ProxyConfig::to(db).start(&db.certs).await;
-    let cases: Vec<(&str, Vec<u8>, Option<u16>)> = vec![
+    // (name, bytes, expected ERR code and its sequence id: the one after the refused packet's)
+    type ErrAndSeq = Option<(u16, u8)>;
+    let cases: Vec<(&str, Vec<u8>, ErrAndSeq)> = vec![
         // An HTTP request: "GET" read as a length is 5.5 MB, far past the pre-auth limit.
-        ("http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), Some(1153)),
-        ("oversized", vec![0xff, 0xff, 0xff, 0x01], Some(1153)),
-        ("just over 64 KiB", vec![0x01, 0x00, 0x01, 0x01], Some(1153)),
-        ("garbage payload", vec![0x05, 0, 0, 1, 1, 2, 3, 4, 5], Some(1043)),
+        ("http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), Some((1153, b' ' + 1))),
+        ("oversized", vec![0xff, 0xff, 0xff, 0x01], Some((1153, 2))),
+        ("just over 64 KiB", vec![0x01, 0x00, 0x01, 0x01], Some((1153, 2))),
+        ("garbage payload", vec![0x05, 0, 0, 1, 1, 2, 3, 4, 5], Some((1043, 2))),
         (
             "wrong sequence id",
             {
@@ -91,7 +93,7 @@ async fn garbage_and_oversized_input_get_err_then_close() {
                 v.extend([0u8; 32]);
                 v
             },
-            Some(1156),
+            Some((1156, 8)),
         ),
         (
             "pre-4.1 client",
@@ -100,7 +102,7 @@ async fn garbage_and_oversized_input_get_err_then_close() {
                 v.extend([0u8; 32]);
                 v
             },
-            Some(1043),
+            Some((1043, 2)),
         ),
         ("truncated packet then EOF", vec![0x40, 0, 0, 1, 1, 2, 3], None),
     ];
@@ -111,9 +113,10 @@ async fn garbage_and_oversized_input_get_err_then_close() {
             s.shutdown().await.unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         match want {
-            Some(code) => {
-                let (_, payload) = read_packet(&mut s).await.unwrap_or_else(|| panic!("{name}: no ERR packet"));
+            Some((code, seq)) => {
+                let (got_seq, payload) = read_packet(&mut s).await.unwrap_or_else(|| panic!("{name}: no ERR packet"));
                 assert_eq!(err_code(&payload), Some(code), "{name}: {}", String::from_utf8_lossy(&payload));
+                assert_eq!(got_seq, seq, "{name}: ERR sequence id");
                 assert!(closes_within(&mut s, Duration::from_secs(5)).await, "{name}: not closed after ERR");
             }
             None => assert!(closes_within(&mut s, Duration::from_secs(5)).await, "{name}: not closed"),
@@ -137,4 +140,17 @@ async fn garbage_instead_of_a_tls_client_hello_is_closed() {
     s.write_all(b"this is not a ClientHello at all, not even close......").await.unwrap_or_else(|e| panic!("{e}"));
     assert!(closes_within(&mut s, Duration::from_secs(5)).await);
     eventually("tls_handshake_failures() == 1", || proxy.metrics.tls_handshake_failures() == 1).await;
+}
+
+/// A real client whose handshake is too large (huge connection attributes) sees ERR 1153 itself,
+/// which needs the right sequence id as well as the right code.
+#[tokio::test(flavor = "multi_thread")]
+async fn real_client_with_oversized_handshake_sees_1153() {
+    let db = mariadb();
+    let (user, schema) = db.user();
+    let proxy = ProxyConfig::to(db).start(&db.certs).await;
+    let body = "pymysql.connect(host=host, port=port, user=user, password=pw, ssl={'ca': ca}, program_name='x' * 70000)\n\
+                print('connected')";
+    let out = pymysql(proxy.port(), &user, &schema, PASSWORD, &db.certs, body).await;
+    assert!(out.starts_with("ERR 1153"), "{out}");
 }

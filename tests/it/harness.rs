@@ -271,7 +271,7 @@ impl ProxyConfig {
     }
 
     pub fn toml(&self, certs: &Certs) -> String {
-        let mut t = format!("[backend]\naddress = \"{}\"\nconnect_timeout = \"2s\"\n", self.backend);
+        let mut t = format!("[backend]\naddress = \"{}\"\nconnect_timeout = \"1s\"\n", self.backend);
         if let Some(extra) = &self.backend_tls {
             t.push_str(&format!("[backend.tls]\n{extra}\n"));
         }

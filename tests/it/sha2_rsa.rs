@@ -68,14 +68,25 @@ fn greeting() -> Vec<u8> {
     out
 }
 
-/// One connection of the scripted server. `fast` selects the fast-auth path (01 03) instead of
-/// full authentication (01 04).
+/// Which documented exchange the scripted server replays.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Script {
+    /// `01 03`, then OK.
+    FastAuth,
+    /// `01 04`; on a key request, the PEM key; then OK.
+    FullAuth,
+    /// `01 04`; on a key request, something that is not a key.
+    FullAuthBadKey,
+}
+
+/// One connection of the scripted server.
 async fn serve_one(
     listener: TcpListener,
     key: PrivateDecryptingKey,
     pem: String,
-    fast: bool,
+    script: Script,
 ) -> Result<Transcript, String> {
+    let fast = script == Script::FastAuth;
     let (mut s, _) = listener.accept().await.map_err(|e| e.to_string())?;
     let mut t = Transcript::default();
     write(&mut s, 0, &greeting()).await?;
@@ -104,6 +115,12 @@ async fn serve_one(
         return Ok(t);
     }
     let mut more = vec![0x01];
+    if script == Script::FullAuthBadKey {
+        more.extend_from_slice(b"-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n");
+        write(&mut s, 4, &more).await?;
+        let _ = tokio::time::timeout(Duration::from_secs(5), read(&mut s, 5)).await;
+        return Ok(t);
+    }
     more.extend_from_slice(pem.as_bytes());
     write(&mut s, 4, &more).await?;
     let ciphertext = read(&mut s, 5).await?;
@@ -137,12 +154,12 @@ fn rsa_key() -> (PrivateDecryptingKey, String) {
     (key, format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", body.join("\n")))
 }
 
-async fn login_through_flexgate(fast: bool) -> (String, Transcript) {
+async fn login_through_flexgate(script: Script) -> (String, Transcript) {
     let db = mariadb(); // only for its certificates
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
     let backend = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
     let (key, pem) = rsa_key();
-    let server = tokio::spawn(serve_one(listener, key, pem, fast));
+    let server = tokio::spawn(serve_one(listener, key, pem, script));
     let proxy = ProxyConfig { backend: backend.to_string(), ..ProxyConfig::to(db) }.start(&db.certs).await;
     let body = "c = pymysql.connect(host=host, port=port, user=user, password=pw, ssl={'ca': ca}, autocommit=None)\n\
                 print('logged in', c._sock.version())\nc.close()";
@@ -157,7 +174,7 @@ async fn login_through_flexgate(fast: bool) -> (String, Transcript) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn caching_sha2_full_auth_over_plaintext_backend_uses_rsa_scripted_peer() {
-    let (out, t) = login_through_flexgate(false).await;
+    let (out, t) = login_through_flexgate(Script::FullAuth).await;
     assert_eq!(out.trim(), "logged in TLSv1.3");
     assert!(t.scramble_ok, "the client's fast-auth scramble was not relayed intact");
     // The cleartext password the client sent over TLS never reached the plaintext leg:
@@ -172,8 +189,15 @@ async fn caching_sha2_full_auth_over_plaintext_backend_uses_rsa_scripted_peer() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn caching_sha2_fast_auth_scripted_peer() {
-    let (out, t) = login_through_flexgate(true).await;
+    let (out, t) = login_through_flexgate(Script::FastAuth).await;
     assert_eq!(out.trim(), "logged in TLSv1.3");
     assert!(t.scramble_ok);
     assert!(t.packets.is_empty(), "no client packet is expected after fast-auth success");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caching_sha2_full_auth_with_a_bad_server_key_is_refused_scripted_peer() {
+    let (out, t) = login_through_flexgate(Script::FullAuthBadKey).await;
+    assert!(out.starts_with("ERR 1045") && out.contains("could not encrypt the password"), "{out}");
+    assert_eq!(t.packets, vec![vec![0x02]], "only the key request may reach the server");
 }

@@ -14,6 +14,8 @@ pub mod codes {
     pub const PACKET_TOO_LARGE: u16 = 1153;
     /// `ER_NET_PACKETS_OUT_OF_ORDER`.
     pub const PACKETS_OUT_OF_ORDER: u16 = 1156;
+    /// `ER_NOT_SUPPORTED_AUTH_MODE`: flexgate will not complete this auth method.
+    pub const NOT_SUPPORTED_AUTH_MODE: u16 = 1251;
     /// `ER_SECURE_TRANSPORT_REQUIRED`.
     pub const SECURE_TRANSPORT_REQUIRED: u16 = 3159;
     /// `CR_CONN_HOST_ERROR`: cannot connect to the server.
@@ -27,6 +29,8 @@ pub mod codes {
     pub const STATE_GENERAL: &[u8; 5] = b"HY000";
     /// Communication link failure.
     pub const STATE_COMM: &[u8; 5] = b"08S01";
+    /// Client unable to establish connection (`ER_NOT_SUPPORTED_AUTH_MODE`'s state).
+    pub const STATE_AUTH_MODE: &[u8; 5] = b"08004";
     /// Access denied.
     pub const STATE_ACCESS: &[u8; 5] = b"28000";
 }
@@ -95,8 +99,12 @@ pub enum AuthPacket<'a> {
         /// Plugin data, usually a fresh nonce.
         data: &'a [u8],
     },
-    /// Plugin-specific data (0x01), without the marker.
+    /// Plugin-specific data (0x01, "AuthMoreData"), without the marker.
     MoreData(&'a [u8]),
+    /// Plugin-specific data with no marker. MariaDB (through 11.x) sends a plugin's packets
+    /// raw and prefixes 0x01 only when the first byte would clash with a marker: PAM `dialog`
+    /// prompts start with 0x02–0x05, and an ed25519 nonce starts with any byte.
+    Data(&'a [u8]),
 }
 
 impl<'a> AuthPacket<'a> {
@@ -113,7 +121,8 @@ impl<'a> AuthPacket<'a> {
                 Ok(Self::Switch { plugin, data })
             }
             Some((0x01, data)) => Ok(Self::MoreData(data)),
-            _ => Err(WireError::Malformed { packet: P, field: "packet type" }),
+            Some(_) => Ok(Self::Data(i)),
+            None => Err(WireError::Malformed { packet: P, field: "packet type" }),
         }
     }
 }
@@ -147,6 +156,6 @@ mod tests {
         );
         assert!(AuthPacket::parse(b"\xfeno-terminator").is_err());
         assert!(AuthPacket::parse(&[]).is_err());
-        assert!(AuthPacket::parse(&[0x02]).is_err());
+        assert_eq!(AuthPacket::parse(&[0x02, 0x41]), Ok(AuthPacket::Data(&[0x02, 0x41])));
     }
 }
