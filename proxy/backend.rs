@@ -1,13 +1,60 @@
 //! Connecting to the server: TCP or Unix socket, then optionally TLS after the SSLRequest.
 
+use std::io;
 use std::time::Duration;
 
+use thiserror::Error;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::timeout;
 
 use crate::config::{BackendAddress, BackendConfig};
-use crate::session::{BackendStream, SessionError};
 use crate::tls::BackendTls;
+
+/// The server connection.
+pub(crate) enum BackendStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+delegate_async_io!(BackendStream { Tcp, Unix, Tls });
+
+/// How the flexgate → server leg is protected, as MySQL's `is_secure_transport()` sees it,
+/// plus whether a plaintext leg stays on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendLeg {
+    /// TLS or a Unix socket.
+    Secure,
+    /// Plaintext TCP to a loopback address: not secure to the server, but never on a wire.
+    PlainLoopback,
+    /// Plaintext TCP across the network.
+    PlainNetwork,
+}
+
+impl BackendStream {
+    /// Together with the client's leg, decides whether a cleartext password may cross this one.
+    pub(crate) fn leg(&self) -> BackendLeg {
+        match self {
+            Self::Tcp(s) if s.peer_addr().is_ok_and(|a| a.ip().is_loopback()) => BackendLeg::PlainLoopback,
+            Self::Tcp(_) => BackendLeg::PlainNetwork,
+            Self::Unix(_) | Self::Tls(_) => BackendLeg::Secure,
+        }
+    }
+}
+
+/// Why the server could not be reached or secured.
+#[derive(Debug, Error)]
+pub enum BackendError {
+    /// Connecting failed.
+    #[error("{0}")]
+    Unreachable(#[source] io::Error),
+    /// Connecting (or the greeting) took longer than `backend.connect_timeout`.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The TLS handshake with the server failed.
+    #[error("{0}")]
+    Tls(String),
+}
 
 /// How to reach the server; built once from config and shared by every session.
 #[derive(Debug)]
@@ -41,7 +88,7 @@ impl Backend {
 
     /// Opens the transport within `backend.connect_timeout`. Every attempt resolves and connects
     /// afresh, so a server that comes back is served again without a restart.
-    pub(crate) async fn dial(&self) -> Result<BackendStream, SessionError> {
+    pub(crate) async fn dial(&self) -> Result<BackendStream, BackendError> {
         let attempt = async {
             match &self.address {
                 BackendAddress::Tcp { host, port } => {
@@ -54,19 +101,18 @@ impl Backend {
         };
         match timeout(self.connect_timeout, attempt).await {
             Ok(Ok(s)) => Ok(s),
-            Ok(Err(source)) => Err(SessionError::BackendUnreachable { backend: self.label.clone(), source }),
-            Err(_) => Err(SessionError::BackendTimeout { backend: self.label.clone(), after: self.connect_timeout }),
+            Ok(Err(source)) => Err(BackendError::Unreachable(source)),
+            Err(_) => Err(BackendError::Timeout(self.connect_timeout)),
         }
     }
 
     /// Runs the TLS handshake on a TCP leg whose SSLRequest has been sent.
-    pub(crate) async fn upgrade(&self, stream: BackendStream) -> Result<BackendStream, SessionError> {
-        let tls_err = |detail: String| SessionError::BackendTls { backend: self.label.clone(), detail };
+    pub(crate) async fn upgrade(&self, stream: BackendStream) -> Result<BackendStream, BackendError> {
         let (Some(tls), BackendStream::Tcp(tcp)) = (&self.tls, stream) else {
-            return Err(tls_err("TLS is only supported over TCP".into()));
+            return Err(BackendError::Tls("TLS is only supported over TCP".into()));
         };
         let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-        let s = connector.connect(tls.server_name.clone(), tcp).await.map_err(|e| tls_err(e.to_string()))?;
+        let s = connector.connect(tls.server_name.clone(), tcp).await.map_err(|e| BackendError::Tls(e.to_string()))?;
         Ok(BackendStream::Tls(Box::new(s)))
     }
 }

@@ -3,31 +3,95 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Session outcomes, as logged. Fixed so that the counter array is fixed.
-pub const OUTCOMES: &[&str] = &[
-    "closed",
-    "relay_error",
-    "auth_failed",
-    "backend_refused",
-    "backend_unavailable",
-    "backend_error",
-    "backend_tls_failed",
-    "password_protection_failed",
-    "protocol_error",
-    "packet_too_large",
-    "tls_failed",
-    "client_gone",
-    "insecure_transport_refused",
-    "auth_refused",
-    "handshake_timeout",
-];
+/// How a session ended; the label of its closing log line and of its counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Logged in; the relay ended when a side closed.
+    Closed,
+    /// Logged in; the relay ended with a socket error.
+    RelayError,
+    /// The server refused the login (its ERR was relayed).
+    AuthFailed,
+    /// The server refused the connection before greeting (its ERR was relayed).
+    BackendRefused,
+    /// The server could not be reached in time (ERR 2003).
+    BackendUnavailable,
+    /// The server broke off or broke the protocol during login.
+    BackendError,
+    /// TLS to the server failed.
+    BackendTlsFailed,
+    /// The password could not be encrypted to the server's key.
+    PasswordProtectionFailed,
+    /// The client sent a malformed or out-of-order packet.
+    ProtocolError,
+    /// The client sent a packet above the pre-auth limit.
+    PacketTooLarge,
+    /// The client's TLS handshake failed.
+    TlsFailed,
+    /// The client closed before the login completed.
+    ClientGone,
+    /// The client did not use TLS where it is required (ERR 3159).
+    InsecureTransportRefused,
+    /// flexgate refused a login that would expose a password (ERR 1251).
+    AuthRefused,
+    /// The login did not complete within `handshake_timeout`.
+    HandshakeTimeout,
+}
+
+impl Outcome {
+    /// Every outcome, in counter order.
+    pub const ALL: [Self; 15] = [
+        Self::Closed,
+        Self::RelayError,
+        Self::AuthFailed,
+        Self::BackendRefused,
+        Self::BackendUnavailable,
+        Self::BackendError,
+        Self::BackendTlsFailed,
+        Self::PasswordProtectionFailed,
+        Self::ProtocolError,
+        Self::PacketTooLarge,
+        Self::TlsFailed,
+        Self::ClientGone,
+        Self::InsecureTransportRefused,
+        Self::AuthRefused,
+        Self::HandshakeTimeout,
+    ];
+
+    /// The label used in logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::RelayError => "relay_error",
+            Self::AuthFailed => "auth_failed",
+            Self::BackendRefused => "backend_refused",
+            Self::BackendUnavailable => "backend_unavailable",
+            Self::BackendError => "backend_error",
+            Self::BackendTlsFailed => "backend_tls_failed",
+            Self::PasswordProtectionFailed => "password_protection_failed",
+            Self::ProtocolError => "protocol_error",
+            Self::PacketTooLarge => "packet_too_large",
+            Self::TlsFailed => "tls_failed",
+            Self::ClientGone => "client_gone",
+            Self::InsecureTransportRefused => "insecure_transport_refused",
+            Self::AuthRefused => "auth_refused",
+            Self::HandshakeTimeout => "handshake_timeout",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Process-wide counters, shared by `Arc` (no global).
 #[derive(Debug, Default)]
 pub struct Metrics {
     accepted: AtomicU64,
     active: AtomicU64,
-    outcomes: [AtomicU64; OUTCOMES.len()],
+    outcomes: [AtomicU64; Outcome::ALL.len()],
     tls_handshake_failures: AtomicU64,
 }
 
@@ -38,12 +102,10 @@ impl Metrics {
         self.active.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A session ended with `outcome` (one of [`OUTCOMES`]).
-    pub fn ended(&self, outcome: &str) {
+    /// A session ended.
+    pub fn ended(&self, outcome: Outcome) {
         self.active.fetch_sub(1, Ordering::Relaxed);
-        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
-            self.outcomes[i].fetch_add(1, Ordering::Relaxed);
-        }
+        self.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A client TLS handshake failed.
@@ -62,12 +124,24 @@ impl Metrics {
     }
 
     /// Sessions that ended with `outcome`.
-    pub fn outcome_total(&self, outcome: &str) -> u64 {
-        OUTCOMES.iter().position(|o| *o == outcome).map_or(0, |i| self.outcomes[i].load(Ordering::Relaxed))
+    pub fn outcome_total(&self, outcome: Outcome) -> u64 {
+        self.outcomes[outcome as usize].load(Ordering::Relaxed)
     }
 
     /// Client TLS handshakes that failed.
     pub fn tls_handshake_failures(&self) -> u64 {
         self.tls_handshake_failures.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_outcome_in_discriminant_order() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "{o}");
+        }
     }
 }

@@ -5,19 +5,8 @@
 //! server sends a packet that needs no reply (`caching_sha2_password` fast-auth success), and
 //! when a cleartext password is about to cross an insecure backend leg.
 
+pub(crate) use crate::backend::BackendLeg;
 use crate::protocol::{AuthPacket, WireError, plugins};
-
-/// How the flexgate → server leg is protected, as MySQL's `is_secure_transport()` sees it,
-/// plus whether a plaintext leg stays on this host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BackendLeg {
-    /// TLS or a Unix socket.
-    Secure,
-    /// Plaintext TCP to a loopback address: not secure to the server, but never on a wire.
-    PlainLoopback,
-    /// Plaintext TCP across the network.
-    PlainNetwork,
-}
 
 /// Whose packet is expected next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

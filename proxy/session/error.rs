@@ -6,6 +6,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use super::auth::AuthRefusal;
+use crate::metrics::Outcome;
 use crate::protocol::{WireError, codes};
 
 /// Who caused a failure: picks the log level and the outcome label.
@@ -213,20 +214,22 @@ impl SessionError {
         }
     }
 
-    /// Short label for logs and counters.
-    pub fn outcome(&self) -> &'static str {
+    /// The outcome it gives the session.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            Self::BackendUnreachable { .. } | Self::BackendTimeout { .. } => "backend_unavailable",
-            Self::BackendProtocol { .. } | Self::BackendLost { .. } => "backend_error",
-            Self::BackendTls { .. } => "backend_tls_failed",
-            Self::PasswordProtection { .. } => "password_protection_failed",
-            Self::ClientMalformed(_) | Self::ClientOutOfOrder { .. } | Self::ClientUnsupported(_) => "protocol_error",
-            Self::ClientTooLarge(_) => "packet_too_large",
-            Self::ClientTls(_) => "tls_failed",
-            Self::ClientGone(_) => "client_gone",
-            Self::InsecureTransport => "insecure_transport_refused",
-            Self::AuthRefused(_) => "auth_refused",
-            Self::Timeout(_) => "handshake_timeout",
+            Self::BackendUnreachable { .. } | Self::BackendTimeout { .. } => Outcome::BackendUnavailable,
+            Self::BackendProtocol { .. } | Self::BackendLost { .. } => Outcome::BackendError,
+            Self::BackendTls { .. } => Outcome::BackendTlsFailed,
+            Self::PasswordProtection { .. } => Outcome::PasswordProtectionFailed,
+            Self::ClientMalformed(_) | Self::ClientOutOfOrder { .. } | Self::ClientUnsupported(_) => {
+                Outcome::ProtocolError
+            }
+            Self::ClientTooLarge(_) => Outcome::PacketTooLarge,
+            Self::ClientTls(_) => Outcome::TlsFailed,
+            Self::ClientGone(_) => Outcome::ClientGone,
+            Self::InsecureTransport => Outcome::InsecureTransportRefused,
+            Self::AuthRefused(_) => Outcome::AuthRefused,
+            Self::Timeout(_) => Outcome::HandshakeTimeout,
         }
     }
 }

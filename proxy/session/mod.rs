@@ -25,13 +25,12 @@ use tracing::{info, warn};
 use zeroize::Zeroize;
 
 pub use error::{Blame, Refusal, SessionError};
-pub(crate) use stream::BackendStream;
 
 use self::auth::{AuthExchange, ClientVerdict, REQUEST_PUBLIC_KEY, ServerVerdict, Turn};
 use self::stream::{ClientStream, ReadError, read_packet};
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError, BackendStream};
 use crate::config::TlsVersion;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outcome};
 use crate::protocol::{
     AuthPacket, Capabilities, ClientFirst, Greeting, HandshakeResponse, MAX_PRE_AUTH_PAYLOAD, SslRequest, WireError,
     parse_client_first, scramble, write_err, write_header,
@@ -96,8 +95,8 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>)
     s.buf = Vec::new();
     let (outcome, code) = match result {
         Ok(Ended::Authenticated(backend)) => s.relay(backend).await,
-        Ok(Ended::Denied { code }) => ("auth_failed", Some(code)),
-        Ok(Ended::BackendRefused { code }) => ("backend_refused", Some(code)),
+        Ok(Ended::Denied { code }) => (Outcome::AuthFailed, Some(code)),
+        Ok(Ended::BackendRefused { code }) => (Outcome::BackendRefused, Some(code)),
         Err(e) => {
             let code = s.refuse(&e).await;
             s.log_failure(&e, peer);
@@ -112,7 +111,7 @@ pub async fn run(client: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>)
         user = l.user.as_deref().unwrap_or("-"),
         tls_version = l.tls_version.unwrap_or("none"),
         cipher = l.cipher.unwrap_or("none"),
-        outcome,
+        outcome = outcome.as_str(),
         error_code = code.unwrap_or(0),
         bytes_from_client = l.bytes_in,
         bytes_to_client = l.bytes_out,
@@ -194,12 +193,12 @@ impl Session {
     /// Connects to the server and relays its greeting with flexgate's capabilities.
     async fn dial(&mut self) -> Result<Phase, SessionError> {
         let backend_cfg = self.ctx.backend.clone();
-        let mut backend = backend_cfg.dial().await?;
+        let mut backend = backend_cfg.dial().await.map_err(|e| self.backend_error(e))?;
         // A server that accepts but never greets is as unavailable as one that refuses.
         let limit = backend_cfg.connect_timeout();
         let header = tokio::time::timeout(limit, read_packet(&mut backend, &mut self.buf, MAX_PRE_AUTH_PAYLOAD))
             .await
-            .map_err(|_| SessionError::BackendTimeout { backend: backend_cfg.label().to_owned(), after: limit })?
+            .map_err(|_| self.backend_error(BackendError::Timeout(limit)))?
             .map_err(|e| self.backend_read_error(e))?;
         if header.seq != 0 {
             return Err(self.backend_protocol(format!("greeting has sequence id {}", header.seq)));
@@ -290,7 +289,7 @@ impl Session {
             // (SslRequest::write drops the MariaDB word when the client does not use it.)
             patch_len(&mut out);
             self.write_backend(&mut backend, &out).await?;
-            backend = self.ctx.backend.upgrade(backend).await?;
+            backend = self.ctx.backend.upgrade(backend).await.map_err(|e| self.backend_error(e))?;
             backend_seq += 1;
         }
         let plugin = r.auth_plugin.unwrap_or(b"mysql_native_password");
@@ -381,20 +380,20 @@ impl Session {
     }
 
     /// Copies bytes both ways until either side closes; returns the outcome label.
-    async fn relay(&mut self, mut backend: BackendStream) -> (&'static str, Option<u16>) {
-        let Some(client) = self.client.take() else { return ("client_gone", None) };
+    async fn relay(&mut self, mut backend: BackendStream) -> (Outcome, Option<u16>) {
+        let Some(client) = self.client.take() else { return (Outcome::ClientGone, None) };
         let mut client = stream::Counted::new(client);
         let result =
             tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, RELAY_BUFFER, RELAY_BUFFER).await;
         self.log.bytes_in += client.read;
         self.log.bytes_out += client.written;
         match result {
-            Ok(_) => ("closed", None),
+            Ok(_) => (Outcome::Closed, None),
             // Clients routinely close after COM_QUIT without a TLS close_notify.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => ("closed", None),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => (Outcome::Closed, None),
             Err(e) => {
                 tracing::debug!(error = %e, "relay ended with an error");
-                ("relay_error", None)
+                (Outcome::RelayError, None)
             }
         }
     }
@@ -489,6 +488,15 @@ impl Session {
             backend: self.ctx.backend.label().to_owned(),
             detail: e.to_string(),
         })
+    }
+
+    fn backend_error(&self, e: BackendError) -> SessionError {
+        let backend = self.ctx.backend.label().to_owned();
+        match e {
+            BackendError::Unreachable(source) => SessionError::BackendUnreachable { backend, source },
+            BackendError::Timeout(after) => SessionError::BackendTimeout { backend, after },
+            BackendError::Tls(detail) => SessionError::BackendTls { backend, detail },
+        }
     }
 
     fn backend_read_error(&self, e: ReadError) -> SessionError {

@@ -9,10 +9,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 use zeroize::Zeroize;
 
-use super::auth::BackendLeg;
 use crate::protocol::{HEADER_LEN, Header, WireError};
 
 /// The client's connection: plaintext until an SSLRequest, TLS after it.
@@ -21,56 +20,7 @@ pub(crate) enum ClientStream {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
-/// The server connection.
-pub(crate) enum BackendStream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl BackendStream {
-    /// Whether MySQL would call this transport secure (`is_secure_transport()`: TLS or a local
-    /// socket), and whether a plaintext one leaves the host; together they decide whether a
-    /// cleartext password may cross it.
-    pub(crate) fn leg(&self) -> BackendLeg {
-        match self {
-            Self::Tcp(s) if s.peer_addr().is_ok_and(|a| a.ip().is_loopback()) => BackendLeg::PlainLoopback,
-            Self::Tcp(_) => BackendLeg::PlainNetwork,
-            Self::Unix(_) | Self::Tls(_) => BackendLeg::Secure,
-        }
-    }
-}
-
-/// Delegates the tokio I/O traits to whichever variant is live.
-macro_rules! delegate_io {
-    ($ty:ident { $($variant:ident),+ }) => {
-        impl AsyncRead for $ty {
-            fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-                match self.get_mut() { $(Self::$variant(s) => Pin::new(s).poll_read(cx, buf),)+ }
-            }
-        }
-        impl AsyncWrite for $ty {
-            fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-                match self.get_mut() { $(Self::$variant(s) => Pin::new(s).poll_write(cx, buf),)+ }
-            }
-            fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-                match self.get_mut() { $(Self::$variant(s) => Pin::new(s).poll_write_vectored(cx, bufs),)+ }
-            }
-            fn is_write_vectored(&self) -> bool {
-                match self { $(Self::$variant(s) => s.is_write_vectored(),)+ }
-            }
-            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                match self.get_mut() { $(Self::$variant(s) => Pin::new(s).poll_flush(cx),)+ }
-            }
-            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                match self.get_mut() { $(Self::$variant(s) => Pin::new(s).poll_shutdown(cx),)+ }
-            }
-        }
-    };
-}
-
-delegate_io!(ClientStream { Plain, Tls });
-delegate_io!(BackendStream { Tcp, Unix, Tls });
+delegate_async_io!(ClientStream { Plain, Tls });
 
 /// Why a packet could not be read.
 #[derive(Debug)]

@@ -2,6 +2,8 @@
 
 use mysql_async::prelude::*;
 
+use flexgate::metrics::Outcome;
+
 use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -47,7 +49,7 @@ async fn backend_certificate_for_another_name_is_refused() {
     let body = "pymysql.connect(host=host, port=port, user=user, password=pw, ssl={'ca': ca})\nprint('connected')";
     let out = pymysql(proxy.port(), &user, &schema, PASSWORD, &db.certs, body).await;
     assert!(out.starts_with("ERR 1105") && out.contains("TLS to the database server"), "{out}");
-    eventually("backend_tls_failed == 1", || proxy.metrics.outcome_total("backend_tls_failed") == 1).await;
+    eventually("backend_tls_failed == 1", || proxy.metrics.outcome_total(Outcome::BackendTlsFailed) == 1).await;
     // verify-ca accepts the same certificate: the chain is good, only the name differs.
     let tls = format!("mode = \"verify-ca\"\nca = \"{}\"\nserver_name = \"other.internal\"", db.certs.ca.display());
     let proxy = ProxyConfig { backend_tls: Some(tls), ..ProxyConfig::to(db) }.start(&db.certs).await;
@@ -80,6 +82,6 @@ async fn stopped_backend_gives_2003_and_a_restarted_one_is_served_again() {
     tokio::task::block_in_place(|| db.launch());
     let out = pymysql(proxy.port(), &user, &schema, PASSWORD, &db.certs, body).await;
     assert_eq!(out.trim(), "ok 1", "not served again after the backend came back");
-    eventually("backend_unavailable == 2", || proxy.metrics.outcome_total("backend_unavailable") == 2).await;
+    eventually("backend_unavailable == 2", || proxy.metrics.outcome_total(Outcome::BackendUnavailable) == 2).await;
     tokio::task::block_in_place(|| db.stop());
 }

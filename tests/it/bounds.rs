@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use flexgate::metrics::Outcome;
+
 use crate::harness::*;
 
 /// Reads one packet (header and payload) with a deadline.
@@ -51,7 +53,7 @@ async fn handshake_timeout_closes_a_silent_socket() {
     assert!(closes_within(&mut s, Duration::from_secs(5)).await, "silent socket still open");
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(1900), "closed before the timeout: {waited:?}");
-    eventually("handshake_timeout == 1", || proxy.metrics.outcome_total("handshake_timeout") == 1).await;
+    eventually("handshake_timeout == 1", || proxy.metrics.outcome_total(Outcome::HandshakeTimeout) == 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,5 +1,7 @@
 //! The auth exchange is relayed: the server decides, and its answers reach the client.
 
+use flexgate::metrics::Outcome;
+
 use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -22,7 +24,7 @@ async fn wrong_password_gets_the_servers_1045() {
         Some(mysql_async::Error::Server(e)) => assert_eq!(e.code, 1045),
         other => panic!("expected a server error 1045, got {other:?}"),
     }
-    eventually("auth_failed == 3", || proxy.metrics.outcome_total("auth_failed") == 3).await;
+    eventually("auth_failed == 3", || proxy.metrics.outcome_total(Outcome::AuthFailed) == 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

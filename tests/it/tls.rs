@@ -1,5 +1,7 @@
 //! Client-facing TLS: version floor, negotiated version seen from the client, secure transport.
 
+use flexgate::metrics::Outcome;
+
 use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -74,8 +76,10 @@ async fn plaintext_client_gets_3159_by_default() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("ERROR 3159 (HY000)"), "{}", stderr(&o));
     // Nothing of the client's reached the server: the user never logged in.
-    eventually("insecure_transport_refused == 2", || proxy.metrics.outcome_total("insecure_transport_refused") == 2)
-        .await;
+    eventually("insecure_transport_refused == 2", || {
+        proxy.metrics.outcome_total(Outcome::InsecureTransportRefused) == 2
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
