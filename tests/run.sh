@@ -88,6 +88,9 @@ if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     secs="${FUZZ_SECONDS:-20}"
     for target in $(cd fuzz && cargo +nightly fuzz list); do
         say "fuzzing $target for ${secs}s"
+        # Seed with packets captured from real peers.
+        mkdir -p "fuzz/corpus/$target"
+        cp crates/mysql-wire/testdata/*.bin "fuzz/corpus/$target/"
         (cd fuzz && cargo +nightly fuzz run "$target" -- -max_total_time="$secs" -rss_limit_mb=1024 2>&1 | tail -n 3)
     done
 else

@@ -160,3 +160,79 @@ proptest! {
         let _ = parse_client_first(&data);
     }
 }
+
+/// Packets captured from real peers (`testdata/`): a MariaDB 10.11 greeting, and the first
+/// packets of the mariadb CLI (libmariadb 3.3), PyMySQL and `openssl s_client -starttls mysql`.
+mod captured {
+    use super::*;
+    use crate::{frame, write_packet};
+
+    const GREETING: &[u8] = include_bytes!("../../testdata/mariadb-10.11-greeting.bin");
+    const CLI_RESPONSE: &[u8] = include_bytes!("../../testdata/mariadb-cli-10.11-response.bin");
+    const CLI_SSL: &[u8] = include_bytes!("../../testdata/mariadb-cli-10.11-sslrequest.bin");
+    const PYMYSQL_RESPONSE: &[u8] = include_bytes!("../../testdata/pymysql-response.bin");
+    const OPENSSL_SSL: &[u8] = include_bytes!("../../testdata/openssl-sslrequest.bin");
+
+    /// Fed a byte at a time, framing says "need more" until the packet is whole, then yields
+    /// exactly it.
+    fn check_all_prefixes(payload: &[u8]) {
+        let mut framed = Vec::new();
+        write_packet(&mut framed, 1, payload);
+        for cut in 0..framed.len() {
+            assert_eq!(frame(&framed[..cut], 64 * 1024), Ok(None), "prefix of {cut} bytes");
+        }
+        let f = frame(&framed, 64 * 1024).ok().flatten().unwrap_or_else(|| panic!("whole packet not framed"));
+        assert_eq!(f.payload, payload);
+    }
+
+    #[test]
+    fn mariadb_greeting() {
+        check_all_prefixes(GREETING);
+        let g = Greeting::parse(GREETING).unwrap_or_else(|e| panic!("{e}"));
+        assert!(g.server_version.ends_with(b"-MariaDB-0+deb12u1"));
+        assert!(g.capabilities.has_mariadb_extension());
+        assert_eq!(g.nonce().len(), 20);
+        let mut out = Vec::new();
+        g.write(&mut out);
+        assert_eq!(out, GREETING, "re-encoding changed the greeting");
+    }
+
+    #[test]
+    fn mariadb_cli_response() {
+        check_all_prefixes(CLI_RESPONSE);
+        let ClientFirst::Response(r) = parse_client_first(CLI_RESPONSE).unwrap_or_else(|e| panic!("{e}")) else {
+            panic!("not a response")
+        };
+        assert_eq!(r.username, b"app");
+        assert_eq!(r.database, Some(&b"inventory"[..]));
+        assert_eq!(r.auth_plugin, Some(&b"mysql_native_password"[..]));
+        assert_eq!(r.auth_response.len(), 20);
+        assert!(r.capabilities.has_mariadb_extension());
+        assert!(r.connect_attrs.is_some_and(|a| a.windows(11).any(|w| w == b"libmariadb\x04")));
+        let mut out = Vec::new();
+        r.write(&mut out);
+        assert_eq!(out, CLI_RESPONSE, "re-encoding changed the response");
+    }
+
+    #[test]
+    fn pymysql_response() {
+        check_all_prefixes(PYMYSQL_RESPONSE);
+        let ClientFirst::Response(r) = parse_client_first(PYMYSQL_RESPONSE).unwrap_or_else(|e| panic!("{e}")) else {
+            panic!("not a response")
+        };
+        assert_eq!(r.username, b"app");
+        assert_eq!(r.database, Some(&b"inventory"[..]));
+        assert!(!r.capabilities.contains(Capabilities::SSL));
+    }
+
+    #[test]
+    fn ssl_requests() {
+        for (who, bytes) in [("mariadb CLI", CLI_SSL), ("openssl", OPENSSL_SSL)] {
+            check_all_prefixes(bytes);
+            match parse_client_first(bytes) {
+                Ok(ClientFirst::SslRequest(r)) => assert!(r.capabilities.contains(Capabilities::SSL), "{who}"),
+                other => panic!("{who}: {other:?}"),
+            }
+        }
+    }
+}
