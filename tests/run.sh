@@ -79,7 +79,7 @@ say "cargo test"
 cargo test --workspace --locked
 
 # Fuzzing needs a nightly toolchain (cargo-fuzz builds with sanitizers); run briefly when
-# one is installed. Without one the fuzz target is only built by nothing, so say so.
+# one is installed, and say so when there is none.
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
         say "installing cargo-fuzz"
