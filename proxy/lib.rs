@@ -6,7 +6,7 @@
 //! the concerns listed there, with the protocol core in the `mysql-wire` crate.
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![warn(missing_docs, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 /// Implements tokio's `AsyncRead` and `AsyncWrite` for an enum of streams by delegating to the
 /// live variant (each variant holds one `Unpin` stream). Static dispatch: the relay's per-call

@@ -24,6 +24,7 @@ use tokio::time::timeout_at;
 use tracing::{info, warn};
 use zeroize::Zeroize;
 
+pub use auth::AuthRefusal;
 pub use error::{Blame, Refusal, SessionError};
 
 use self::auth::{AuthExchange, ClientVerdict, REQUEST_PUBLIC_KEY, ServerVerdict, Turn};
@@ -32,7 +33,7 @@ use crate::backend::{Backend, BackendError, BackendStream};
 use crate::config::TlsVersion;
 use crate::metrics::{Metrics, Outcome};
 use crate::protocol::{
-    AuthPacket, Capabilities, ClientFirst, Greeting, HandshakeResponse, MAX_PRE_AUTH_PAYLOAD, SslRequest, WireError,
+    AuthPacket, Capabilities, ClientFirst, Greeting, HandshakeResponse, MAX_PRE_AUTH_PAYLOAD, SslRequest,
     parse_client_first, scramble, write_err, write_header,
 };
 
@@ -249,7 +250,7 @@ impl Session {
             return Err(SessionError::ClientUnsupported("TLS (no certificate is configured)"));
         };
         let Some(ClientStream::Plain(tcp)) = self.client.take() else {
-            return Err(SessionError::ClientMalformed(WireError::Unsupported("second SSLRequest")));
+            return Err(SessionError::ClientGone("connection already upgraded or closed".into()));
         };
         let tls = acceptor.accept(tcp).await.map_err(|e| {
             self.ctx.metrics.tls_failed();
