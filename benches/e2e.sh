@@ -33,6 +33,7 @@ TABLE_SIZE=${TABLE_SIZE:-100000}
 WARMUP=${WARMUP:-5}                 # seconds of unrecorded warm-up after prepare
 CONNRATE_SECS=${CONNRATE_SECS:-5}   # seconds per connection-rate run; 0 skips it
 CONNRATE_WORKERS=${CONNRATE_WORKERS:-4}
+MEMORY_CONNS=${MEMORY_CONNS:-500}   # idle logged-in connections held for the memory figure; 0 skips it
 QUIET_PCT=${QUIET_PCT:-5}           # "quiet" = other processes below this % of all CPUs
 QUIET_MAX_WAIT=${QUIET_MAX_WAIT:-60} # give up waiting for quiet after this many seconds
 HAPROXY_NBTHREAD=${HAPROXY_NBTHREAD:-}  # empty = HAProxy's default (one thread per CPU)
@@ -789,6 +790,86 @@ run_connrate_matrix() {
   done
 }
 
+# ------------------------------------------------------------------ memory --
+
+write_memory_client() {
+  cat >"$WORK/hold.py" <<'PY'
+"""Opens N logged-in connections (login + SELECT 1), prints 'ready', holds them until
+stdin closes, then closes them."""
+import argparse, ssl, sys
+import pymysql
+
+p = argparse.ArgumentParser()
+p.add_argument("--port", type=int, required=True)
+p.add_argument("--user", required=True)
+p.add_argument("--password", required=True)
+p.add_argument("--ca")
+p.add_argument("--n", type=int, required=True)
+a = p.parse_args()
+kw = dict(host="127.0.0.1", port=a.port, user=a.user, password=a.password, autocommit=None)
+if a.ca:
+    kw["ssl"] = ssl.create_default_context(cafile=a.ca)
+conns = []
+for _ in range(a.n):
+    c = pymysql.connect(**kw)
+    with c.cursor() as cur:
+        cur.execute("SELECT 1")
+        cur.fetchall()
+    conns.append(c)
+print("ready", flush=True)
+sys.stdin.read()
+for c in conns:
+    c.close()
+PY
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# Resident memory of each proxy with MEMORY_CONNS idle, logged-in connections, against its
+# resident memory with none: the per-connection cost an operator sizes for.
+run_memory() {
+  ((MEMORY_CONNS > 0)) || { log "MEMORY_CONNS=0: skipping the memory figure"; return 0; }
+  log "memory: $MEMORY_CONNS idle logged-in connections per proxy path"
+  {
+    echo
+    echo "## Memory ($MEMORY_CONNS idle logged-in connections; proxy VmRSS)"
+    echo
+    echo "| path | RSS before (KiB) | RSS with connections (KiB) | per connection (KiB) |"
+    echo "|---|---|---|---|"
+  } >"$OUT/memory.md"
+  local path pid before after ca fifo holder
+  for path in ${PATHS//,/ }; do
+    pid=$(path_proxy_pid "$path")
+    [[ -n $pid ]] || continue
+    ca=""
+    path_is_tls "$path" && ca=$WORK/certs/ca.pem
+    before=$(rss_kib "$pid")
+    fifo=$WORK/hold-$path.fifo
+    rm -f "$fifo"; mkfifo "$fifo"
+    # The holder reads stdin from the fifo; keeping fd 9 open keeps the connections open.
+    "$PYTHON" "$WORK/hold.py" --port "$(path_port "$path")" --user "$DB_USER" --password "$DB_PASS" \
+      ${ca:+--ca "$ca"} --n "$MEMORY_CONNS" <"$fifo" >"$WORK/hold-$path.out" 2>&1 &
+    holder=$!
+    exec 9>"$fifo"
+    local waited=0
+    until grep -q ready "$WORK/hold-$path.out" 2>/dev/null; do
+      if ! kill -0 "$holder" 2>/dev/null || ((waited >= 600)); then
+        exec 9>&-
+        warn "memory $path: holder failed: $(tail -c 300 "$WORK/hold-$path.out")"
+        FAILED_RUNS=$((FAILED_RUNS + 1))
+        continue 2
+      fi
+      sleep 0.1; waited=$((waited + 1))
+    done
+    after=$(rss_kib "$pid")
+    exec 9>&-
+    wait "$holder" || true
+    printf '| %s | %s | %s | %s |\n' "$path" "$before" "$after" \
+      "$(awk -v a="$after" -v b="$before" -v n="$MEMORY_CONNS" 'BEGIN { printf "%.1f", (a - b) / n }')" >>"$OUT/memory.md"
+    printf '  memory %-12s RSS %s KiB -> %s KiB with %s connections\n' "$path" "$before" "$after" "$MEMORY_CONNS" >&2
+  done
+}
+
 # --------------------------------------------------------------- summary --
 
 write_summarizer() {
@@ -1004,6 +1085,7 @@ main() {
   check_perf
   write_settings
   write_connrate_client
+  write_memory_client
   write_summarizer
 
   if [[ $WORKLOADS != none ]]; then
@@ -1012,9 +1094,14 @@ main() {
     run_sysbench_matrix
   fi
   run_connrate_matrix
+  run_memory
 
   log "summary (also in $OUT/summary.md):"
   "$PYTHON" "$WORK/summarize.py" "$OUT"
+  if [[ -f $OUT/memory.md ]]; then
+    cat "$OUT/memory.md" >>"$OUT/summary.md"
+    cat "$OUT/memory.md"
+  fi
   if ((FAILED_RUNS > 0)); then
     die "$FAILED_RUNS run(s) failed; raw output in $OUT/raw, server/proxy logs in $OUT/logs"
   fi

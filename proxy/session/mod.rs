@@ -12,6 +12,7 @@
 mod auth;
 mod error;
 mod policy;
+mod relay;
 mod stream;
 
 use std::net::SocketAddr;
@@ -36,10 +37,6 @@ use crate::protocol::{
     AuthPacket, Capabilities, ClientFirst, Greeting, HandshakeResponse, MAX_PRE_AUTH_PAYLOAD, SslRequest,
     parse_client_first, scramble, write_err, write_header,
 };
-
-/// Relay buffer per direction. Large enough for a full TLS record and for big result sets to
-/// move in few syscalls; small enough that ten thousand idle sessions stay under a GiB.
-const RELAY_BUFFER: usize = 32 * 1024;
 
 /// What every session on one listener shares. Built once per listener.
 pub struct ListenerContext {
@@ -380,16 +377,14 @@ impl Session {
         Ok(None)
     }
 
-    /// Copies bytes both ways until either side closes; returns the outcome label.
+    /// Copies bytes both ways until both sides close; returns the outcome.
     async fn relay(&mut self, mut backend: BackendStream) -> (Outcome, Option<u16>) {
-        let Some(client) = self.client.take() else { return (Outcome::ClientGone, None) };
-        let mut client = stream::Counted::new(client);
-        let result =
-            tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, RELAY_BUFFER, RELAY_BUFFER).await;
-        self.log.bytes_in += client.read;
-        self.log.bytes_out += client.written;
+        let Some(mut client) = self.client.take() else { return (Outcome::ClientGone, None) };
+        let (moved, result) = relay::relay(&mut client, &mut backend).await;
+        self.log.bytes_in += moved.from_client;
+        self.log.bytes_out += moved.to_client;
         match result {
-            Ok(_) => (Outcome::Closed, None),
+            Ok(()) => (Outcome::Closed, None),
             // Clients routinely close after COM_QUIT without a TLS close_notify.
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => (Outcome::Closed, None),
             Err(e) => {
