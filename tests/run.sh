@@ -76,7 +76,11 @@ say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "cargo test"
-cargo test --workspace --locked
+test_log=$(mktemp)
+trap 'rm -f "$test_log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$test_log"
+# One total over every test binary, for the closing line.
+read -r passed failed < <(awk '/^test result:/ { p += $4; f += $6 } END { print p + 0, f + 0 }' "$test_log")
 
 # Fuzzing needs a nightly toolchain (cargo-fuzz builds with sanitizers); run briefly when
 # one is installed, and say so when there is none.
@@ -97,3 +101,4 @@ else
     say "no nightly toolchain: fuzz targets not run (install one with: rustup toolchain install nightly)"
 fi
 say "all checks passed"
+echo "tests: $passed passed, $failed failed"
