@@ -147,6 +147,18 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
+    /// Writes `data` then shuts down, while reading everything the other side sends.
+    async fn send_and_receive(stream: tokio::io::DuplexStream, data: Vec<u8>) -> io::Result<Vec<u8>> {
+        let (mut r, mut w) = tokio::io::split(stream);
+        let send = async move {
+            w.write_all(&data).await?;
+            w.shutdown().await
+        };
+        let mut got = Vec::new();
+        let (sent, received) = tokio::join!(send, r.read_to_end(&mut got));
+        sent.and(received).map(|_| got)
+    }
+
     /// Both directions at once, through pipes smaller than a chunk, so that writes fall behind
     /// and the pending path runs; the bytes arrive intact and are counted.
     #[tokio::test]
@@ -157,28 +169,8 @@ mod tests {
         let up: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
         let down: Vec<u8> = (0..200_000u32).map(|i| (i * 13) as u8).collect();
         let (up2, down2) = (up.clone(), down.clone());
-        let client = tokio::spawn(async move {
-            let (mut r, mut w) = tokio::io::split(client_far);
-            let send = async move {
-                w.write_all(&up2).await?;
-                w.shutdown().await
-            };
-            let mut got = Vec::new();
-            let recv = r.read_to_end(&mut got);
-            let (s, g) = tokio::join!(send, recv);
-            s.and(g).map(|_| got)
-        });
-        let server = tokio::spawn(async move {
-            let (mut r, mut w) = tokio::io::split(server_far);
-            let send = async move {
-                w.write_all(&down2).await?;
-                w.shutdown().await
-            };
-            let mut got = Vec::new();
-            let recv = r.read_to_end(&mut got);
-            let (s, g) = tokio::join!(send, recv);
-            s.and(g).map(|_| got)
-        });
+        let client = tokio::spawn(send_and_receive(client_far, up2));
+        let server = tokio::spawn(send_and_receive(server_far, down2));
         let at_client = client.await.ok().and_then(Result::ok).unwrap_or_default();
         let at_server = server.await.ok().and_then(Result::ok).unwrap_or_default();
         let (moved, result) = relay.await.unwrap_or_else(|e| panic!("{e}"));

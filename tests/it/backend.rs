@@ -12,9 +12,7 @@ async fn backend_over_unix_socket() {
     let (user, schema) = db.user();
     let cfg = ProxyConfig { backend: format!("unix:{}", db.socket.display()), ..ProxyConfig::to(db) };
     let proxy = cfg.start(&db.certs).await;
-    let mut conn = mysql_async::Conn::new(async_opts(proxy.port(), &user, &schema, PASSWORD, &db.certs))
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let mut conn = connect(&proxy, &user, &schema, &db.certs).await;
     // MariaDB names socket connections 'localhost' and TCP ones by address.
     let host: Option<String> =
         conn.query_first("SELECT SUBSTRING_INDEX(USER(), '@', -1)").await.unwrap_or_else(|e| panic!("{e}"));
@@ -28,9 +26,7 @@ async fn backend_over_tls_with_verify_identity() {
     let (user, schema) = db.user();
     let tls = format!("mode = \"verify-identity\"\nca = \"{}\"\nserver_name = \"db.internal\"", db.certs.ca.display());
     let proxy = ProxyConfig { backend_tls: Some(tls), ..ProxyConfig::to(db) }.start(&db.certs).await;
-    let mut conn = mysql_async::Conn::new(async_opts(proxy.port(), &user, &schema, PASSWORD, &db.certs))
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let mut conn = connect(&proxy, &user, &schema, &db.certs).await;
     // The server's own view of this session: it is encrypted.
     let row: Option<(String, String)> =
         conn.query_first("SHOW SESSION STATUS LIKE 'Ssl_version'").await.unwrap_or_else(|e| panic!("{e}"));

@@ -48,9 +48,7 @@ async fn prepared_statements_use_the_binary_protocol() {
     let db = mariadb();
     let (user, schema) = db.user();
     let proxy = ProxyConfig::to(db).start(&db.certs).await;
-    let mut conn = mysql_async::Conn::new(async_opts(proxy.port(), &user, &schema, PASSWORD, &db.certs))
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let mut conn = connect(&proxy, &user, &schema, &db.certs).await;
     conn.query_drop(
         "CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(50), score DOUBLE, note TEXT NULL) DEFAULT CHARSET = utf8mb4",
     )
@@ -84,9 +82,7 @@ async fn multi_statements_return_every_result_set() {
     let db = mariadb();
     let (user, schema) = db.user();
     let proxy = ProxyConfig::to(db).start(&db.certs).await;
-    let mut conn = mysql_async::Conn::new(async_opts(proxy.port(), &user, &schema, PASSWORD, &db.certs))
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let mut conn = connect(&proxy, &user, &schema, &db.certs).await;
     let mut result = conn
         .query_iter("CREATE TABLE m (x INT); INSERT INTO m VALUES (1),(2),(3); SELECT SUM(x) FROM m; SELECT 'last'")
         .await

@@ -390,6 +390,13 @@ pub fn async_opts(port: u16, user: &str, db: &str, password: &str, certs: &Certs
         .into()
 }
 
+/// A logged-in mysql_async connection through `proxy` with the test password.
+pub async fn connect(proxy: &RunningProxy, user: &str, db: &str, certs: &Certs) -> mysql_async::Conn {
+    mysql_async::Conn::new(async_opts(proxy.port(), user, db, PASSWORD, certs))
+        .await
+        .unwrap_or_else(|e| panic!("connect through flexgate: {e}"))
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
