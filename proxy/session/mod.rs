@@ -34,8 +34,8 @@ use crate::backend::{Backend, BackendError, BackendStream};
 use crate::config::TlsVersion;
 use crate::metrics::{Metrics, Outcome};
 use crate::protocol::{
-    AuthPacket, Capabilities, ClientFirst, Greeting, HandshakeResponse, MAX_PRE_AUTH_PAYLOAD, SslRequest,
-    parse_client_first, scramble, write_err, write_header,
+    AuthPacket, Capabilities, ClientFirst, Greeting, HandshakeResponse, MAX_PRE_AUTH_PAYLOAD, SSL_REQUEST_LEN,
+    SslRequest, parse_client_first, scramble, write_err,
 };
 
 /// What every session on one listener shares. Built once per listener.
@@ -204,8 +204,7 @@ impl Session {
         if self.buf.first() == Some(&0xff) {
             // The server refused before greeting (too many connections, host blocked): relay as is.
             let code = crate::protocol::ErrPacket::parse(&self.buf).map(|e| e.code).unwrap_or(0);
-            let pkt = framed(0, &self.buf);
-            self.write_client(&pkt).await?;
+            self.relay_to_client().await?;
             return Ok(Phase::Ended(Ended::BackendRefused { code }));
         }
         let greeting = Greeting::parse(&self.buf).map_err(|e| self.backend_protocol(format!("greeting: {e}")))?;
@@ -213,11 +212,9 @@ impl Session {
         let nonce = greeting.nonce();
         let ours =
             Greeting { capabilities: policy::greeting_capabilities(backend_caps, self.ctx.tls.is_some()), ..greeting };
-        let mut out = Vec::with_capacity(self.buf.len() + 4);
-        write_header(&mut out, 0, 0);
-        ours.write(&mut out);
-        patch_len(&mut out);
-        self.write_client(&out).await?;
+        let mut payload = Vec::with_capacity(self.buf.len());
+        ours.write(&mut payload);
+        self.write_client(&framed(0, &payload)).await?;
         self.greeted = true;
         self.client_seq = 1;
         Ok(Phase::Greeted(Greeted { backend, backend_caps, nonce }))
@@ -275,20 +272,17 @@ impl Session {
                     detail: "the server does not offer TLS (CLIENT_SSL not in its greeting)".into(),
                 });
             }
-            let mut out = Vec::with_capacity(36);
-            write_header(&mut out, 0, backend_seq);
+            let mut request = Vec::with_capacity(SSL_REQUEST_LEN);
             SslRequest {
                 capabilities: caps,
                 max_packet_size: r.max_packet_size,
                 charset: r.charset,
                 mariadb_capabilities: r.mariadb_capabilities,
             }
-            .write(&mut out);
+            .write(&mut request);
             // (SslRequest::write drops the MariaDB word when the client does not use it.)
-            patch_len(&mut out);
-            self.write_backend(&mut backend, &out).await?;
+            self.send_backend(&mut backend, &mut backend_seq, &request).await?;
             backend = self.ctx.backend.upgrade(backend).await.map_err(|e| self.backend_error(e))?;
-            backend_seq += 1;
         }
         let plugin = r.auth_plugin.unwrap_or(b"mysql_native_password");
         let client_tls = matches!(self.client, Some(ClientStream::Tls(_)));
@@ -296,24 +290,19 @@ impl Session {
             .map_err(SessionError::AuthRefused)?;
         // Only CLIENT_SSL differs between the legs, and it does not change the packet's layout:
         // patching the flags in place forwards every other byte exactly as the client sent it.
-        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(response.len() + 4));
-        write_header(&mut out, response.len(), backend_seq);
-        out.extend_from_slice(&response);
-        if let Some(flags) = out.get_mut(4..8) {
+        let mut forwarded = zeroize::Zeroizing::new(response.to_vec());
+        if let Some(flags) = forwarded.get_mut(..4) {
             flags.copy_from_slice(&caps.0.to_le_bytes());
         }
-        self.write_backend(&mut backend, &out).await?;
-        drop(out);
-        backend_seq = backend_seq.wrapping_add(1);
+        self.send_backend(&mut backend, &mut backend_seq, &forwarded).await?;
+        drop(forwarded);
 
         loop {
             match exchange.turn() {
                 Turn::Server => {
                     self.read_backend(&mut backend, &mut backend_seq).await?;
                     let verdict = exchange.on_server(&self.buf).map_err(|e| self.backend_protocol(e.to_string()))?;
-                    let pkt = framed(self.client_seq, &self.buf);
-                    self.client_seq = self.client_seq.wrapping_add(1);
-                    self.write_client(&pkt).await?;
+                    self.relay_to_client().await?;
                     match verdict {
                         ServerVerdict::Success => return Ok(Phase::Ended(Ended::Authenticated(backend))),
                         ServerVerdict::Failure { code } => return Ok(Phase::Ended(Ended::Denied { code })),
@@ -324,9 +313,7 @@ impl Session {
                     self.read_client().await?;
                     match exchange.on_client(&self.buf) {
                         ClientVerdict::Forward => {
-                            let pkt = zeroize::Zeroizing::new(framed(backend_seq, &self.buf));
-                            backend_seq = backend_seq.wrapping_add(1);
-                            self.write_backend(&mut backend, &pkt).await?;
+                            self.send_backend(&mut backend, &mut backend_seq, &self.buf).await?;
                         }
                         ClientVerdict::Refuse(why) => return Err(SessionError::AuthRefused(why)),
                         ClientVerdict::EncryptToServerKey => {
@@ -353,17 +340,13 @@ impl Session {
         password_nul: &[u8],
         nonce: &[u8],
     ) -> Result<Option<Ended>, SessionError> {
-        let request = framed(*backend_seq, &[REQUEST_PUBLIC_KEY]);
-        *backend_seq = backend_seq.wrapping_add(1);
-        self.write_backend(backend, &request).await?;
+        self.send_backend(backend, backend_seq, &[REQUEST_PUBLIC_KEY]).await?;
         self.read_backend(backend, backend_seq).await?;
         let pem = match AuthPacket::parse(&self.buf) {
             Ok(AuthPacket::MoreData(pem)) => pem,
             Ok(AuthPacket::Err(e)) => {
                 let code = e.code;
-                let pkt = framed(self.client_seq, &self.buf);
-                self.client_seq = self.client_seq.wrapping_add(1);
-                self.write_client(&pkt).await?;
+                self.relay_to_client().await?;
                 return Ok(Some(Ended::Denied { code }));
             }
             _ => return Err(self.backend_protocol("expected the server's RSA public key".into())),
@@ -371,9 +354,7 @@ impl Session {
         let ciphertext = scramble::encrypt_password(password_nul, nonce, pem).map_err(|e| {
             SessionError::PasswordProtection { backend: self.ctx.backend.label().to_owned(), detail: e.to_string() }
         })?;
-        let pkt = framed(*backend_seq, &ciphertext);
-        *backend_seq = backend_seq.wrapping_add(1);
-        self.write_backend(backend, &pkt).await?;
+        self.send_backend(backend, backend_seq, &ciphertext).await?;
         Ok(None)
     }
 
@@ -479,8 +460,24 @@ impl Session {
         Ok(())
     }
 
-    async fn write_backend(&self, backend: &mut BackendStream, bytes: &[u8]) -> Result<(), SessionError> {
-        write_flush(backend, bytes).await.map_err(|e| SessionError::BackendLost {
+    /// Relays the server packet in `buf` to the client, as the next packet of the client's leg.
+    async fn relay_to_client(&mut self) -> Result<(), SessionError> {
+        let packet = framed(self.client_seq, &self.buf);
+        self.client_seq = self.client_seq.wrapping_add(1);
+        self.write_client(&packet).await
+    }
+
+    /// Sends `payload` as the next packet of the server's leg. The framed copy is zeroed on
+    /// drop: auth packets carry password-derived bytes.
+    async fn send_backend(
+        &self,
+        backend: &mut BackendStream,
+        seq: &mut u8,
+        payload: &[u8],
+    ) -> Result<(), SessionError> {
+        let packet = zeroize::Zeroizing::new(framed(*seq, payload));
+        *seq = seq.wrapping_add(1);
+        write_flush(backend, &packet).await.map_err(|e| SessionError::BackendLost {
             backend: self.ctx.backend.label().to_owned(),
             detail: e.to_string(),
         })
@@ -525,14 +522,6 @@ fn framed(seq: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 4);
     crate::protocol::write_packet(&mut out, seq, payload);
     out
-}
-
-/// Fills in the length of a packet whose header was written before its payload.
-fn patch_len(pkt: &mut [u8]) {
-    let len = (pkt.len().saturating_sub(4) as u32).to_le_bytes();
-    if let Some(field) = pkt.get_mut(..3) {
-        field.copy_from_slice(&len[..3]);
-    }
 }
 
 async fn write_flush<S: AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) -> std::io::Result<()> {
