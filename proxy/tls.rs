@@ -102,7 +102,7 @@ pub fn backend_config(cfg: &BackendConfig) -> Result<Option<BackendTls>, TlsSetu
         .with_protocol_versions(rustls::ALL_VERSIONS)
         .map_err(|source| TlsSetupError::Rustls { key: "backend.tls.mode", source })?;
     let verifier: Arc<dyn ServerCertVerifier> = match (tls.mode, &tls.ca) {
-        (BackendTlsMode::Required, _) => Arc::new(NoVerification(provider())),
+        (BackendTlsMode::Required, _) => Arc::new(RelaxedVerifier { chain: None, provider: provider() }),
         (mode, Some(ca)) => {
             let mut roots = rustls::RootCertStore::empty();
             for cert in load_certs("backend.tls.ca", ca)? {
@@ -114,7 +114,11 @@ pub fn backend_config(cfg: &BackendConfig) -> Result<Option<BackendTls>, TlsSetu
                     key: "backend.tls.ca",
                     source: rustls::Error::General(e.to_string()),
                 })?;
-            if mode == BackendTlsMode::VerifyCa { Arc::new(ChainOnly(webpki)) } else { webpki }
+            if mode == BackendTlsMode::VerifyCa {
+                Arc::new(RelaxedVerifier { chain: Some(webpki), provider: provider() })
+            } else {
+                webpki
+            }
         }
         (_, None) => {
             return Err(TlsSetupError::Rustls {
@@ -170,49 +174,19 @@ pub fn describe_handshake_failure(e: &io::Error, min: TlsVersion) -> String {
     }
 }
 
-/// `backend.tls.mode = "required"`: encrypt, but accept any certificate, as MySQL's
-/// `--ssl-mode=REQUIRED`. Signatures are still checked so the handshake itself is sound.
+/// The two relaxed modes, as MySQL's `--ssl-mode` names them:
+/// - `required` (`chain: None`): encrypt, but accept any certificate;
+/// - `verify-ca` (`chain: Some`): the chain must lead to the configured CA, but the name is not
+///   checked.
+///
+/// Handshake signatures are checked in both, so the handshake itself is sound.
 #[derive(Debug)]
-struct NoVerification(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct RelaxedVerifier {
+    chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
 }
 
-/// `verify-ca`: the chain must lead to the configured CA, but the name is not checked, as
-/// MySQL's `--ssl-mode=VERIFY_CA`.
-#[derive(Debug)]
-struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for RelaxedVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -221,7 +195,8 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        let Some(chain) = &self.chain else { return Ok(ServerCertVerified::assertion()) };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidForName | rustls::CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -234,7 +209,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
     fn verify_tls13_signature(
         &self,
@@ -242,10 +217,10 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
