@@ -77,11 +77,6 @@ impl Proxy {
         Ok(Self { listeners, metrics })
     }
 
-    /// Counters shared by all sessions.
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.metrics.clone()
-    }
-
     /// Opens every listening socket, or none.
     pub async fn bind(self) -> Result<Bound, SetupError> {
         let mut bound = Vec::with_capacity(self.listeners.len());
