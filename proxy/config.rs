@@ -155,6 +155,20 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     /// Deadline for everything before the login completes.
     pub handshake_timeout: Duration,
+    /// Whose greeting clients get.
+    pub greeting: GreetingMode,
+}
+
+/// Who greets a client: flexgate itself, or the server (dialled at accept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GreetingMode {
+    /// flexgate's own greeting; the server is dialled once the client is admitted, so a
+    /// client that never logs in costs the server nothing. The default.
+    Flexgate,
+    /// The server's greeting, relayed, as a plain TCP proxy would: each client holds a server
+    /// connection from accept on. For clients without pluggable authentication, and for
+    /// applications that need the greeting's connection id to be the server's thread id.
+    Server,
 }
 
 /// Default `backend.connect_timeout`.
@@ -203,6 +217,7 @@ struct RawListener {
     name: String,
     address: String,
     handshake_timeout: Option<String>,
+    greeting: Option<String>,
 }
 
 impl Config {
@@ -362,7 +377,16 @@ fn listener(raw: RawListener, at: &Locator<'_>, i: usize) -> Result<ListenerConf
     })?;
     let handshake_timeout = duration_or(raw.handshake_timeout.as_deref(), DEFAULT_HANDSHAKE_TIMEOUT)
         .map_err(|p| at.err(&key("handshake_timeout"), p))?;
-    Ok(ListenerConfig { name: raw.name, address, handshake_timeout })
+    let greeting = match raw.greeting.as_deref() {
+        None | Some("flexgate") => GreetingMode::Flexgate,
+        Some("server") => GreetingMode::Server,
+        Some(other) => {
+            return Err(
+                at.err(&key("greeting"), format!("\"{other}\" is not accepted; use \"flexgate\" or \"server\""))
+            );
+        }
+    };
+    Ok(ListenerConfig { name: raw.name, address, handshake_timeout, greeting })
 }
 
 fn backend_address(s: &str, base: &Path) -> Result<BackendAddress, String> {

@@ -58,8 +58,12 @@ macro_rules! delegate_async_io {
 
 pub mod backend;
 pub mod config;
+pub mod events;
+pub mod limits;
 pub mod metrics;
+pub mod profile;
 pub mod protocol;
+pub mod registry;
 pub mod server;
 pub mod session;
 pub mod tls;

@@ -102,6 +102,15 @@ async fn run(path: PathBuf) -> Result<(), String> {
              network unencrypted; use this only for legacy applications that cannot use TLS"
         );
     }
+    match flexgate::limits::raise_nofile() {
+        Ok(l) if l.soft < 4096 => warn!(
+            soft = l.soft,
+            hard = l.hard,
+            "open-file limit is low: each session needs one descriptor, two while it logs in; raise LimitNOFILE"
+        ),
+        Ok(l) => info!(before = l.before, soft = l.soft, hard = l.hard, "open-file limit"),
+        Err(e) => warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
     let proxy = Proxy::build(&cfg).map_err(|e| e.to_string())?;
     let bound = proxy.bind().await.map_err(|e| e.to_string())?;
     info!(

@@ -6,8 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// How a session ended; the label of its closing log line and of its counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
-    /// Logged in; the relay ended when a side closed.
-    Closed,
+    /// Logged in; the client sent COM_QUIT (then closed, with or without a TLS close_notify).
+    Quit,
+    /// Logged in; the client closed without COM_QUIT (MySQL's "aborted client").
+    ClientClosed,
+    /// Logged in; the server closed first (KILL, `wait_timeout`, shutdown).
+    ServerClosed,
     /// Logged in; the relay ended with a socket error.
     RelayError,
     /// The server refused the login (its ERR was relayed).
@@ -36,12 +40,18 @@ pub enum Outcome {
     AuthRefused,
     /// The login did not complete within `handshake_timeout`.
     HandshakeTimeout,
+    /// The client cannot follow an auth switch (no CLIENT_PLUGIN_AUTH; ERR 1251).
+    PluginAuthRequired,
+    /// The live server no longer offered what the greeting promised.
+    ServerChanged,
 }
 
 impl Outcome {
     /// Every outcome, in counter order.
-    pub const ALL: [Self; 15] = [
-        Self::Closed,
+    pub const ALL: [Self; 19] = [
+        Self::Quit,
+        Self::ClientClosed,
+        Self::ServerClosed,
         Self::RelayError,
         Self::AuthFailed,
         Self::BackendRefused,
@@ -56,12 +66,16 @@ impl Outcome {
         Self::InsecureTransportRefused,
         Self::AuthRefused,
         Self::HandshakeTimeout,
+        Self::PluginAuthRequired,
+        Self::ServerChanged,
     ];
 
     /// The label used in logs.
     pub const fn as_str(self) -> &'static str {
         match self {
-            Self::Closed => "closed",
+            Self::Quit => "quit",
+            Self::ClientClosed => "client_closed",
+            Self::ServerClosed => "server_closed",
             Self::RelayError => "relay_error",
             Self::AuthFailed => "auth_failed",
             Self::BackendRefused => "backend_refused",
@@ -76,6 +90,8 @@ impl Outcome {
             Self::InsecureTransportRefused => "insecure_transport_refused",
             Self::AuthRefused => "auth_refused",
             Self::HandshakeTimeout => "handshake_timeout",
+            Self::PluginAuthRequired => "plugin_auth_required",
+            Self::ServerChanged => "server_changed",
         }
     }
 }

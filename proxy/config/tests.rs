@@ -39,6 +39,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.tls.min_version, TlsVersion::Tls12);
     assert!(c.tls.require_secure_transport);
     assert_eq!(c.listeners[0].handshake_timeout, Duration::from_secs(10));
+    assert_eq!(c.listeners[0].greeting, GreetingMode::Flexgate);
     // Relative paths are resolved against the config file's directory.
     assert_eq!(c.tls.identity.map(|i| i.cert), Some(f.dir.path().join("cert.pem")));
 }
@@ -154,4 +155,13 @@ fn durations() {
     for bad in ["", "s", "10", "1.5s", "-1s", "10 s", "0ms", "99999999999999999999s"] {
         assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
     }
+}
+
+#[test]
+fn greeting_mode_is_per_listener() {
+    let f = Fixture::new();
+    let c = f.parse(&format!("{MINIMAL}greeting = \"server\"\n")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.listeners[0].greeting, GreetingMode::Server);
+    let e = f.parse(&format!("{MINIMAL}greeting = \"router\"\n")).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("listener[0].greeting") && e.contains("\"flexgate\" or \"server\""), "{e}");
 }

@@ -105,6 +105,11 @@ impl AuthExchange {
         self.turn
     }
 
+    /// The plugin now in use: the client's first, then the server's after a switch.
+    pub(crate) fn plugin(&self) -> &[u8] {
+        &self.plugin
+    }
+
     /// The nonce of the plugin now in use (the greeting's, or the last AuthSwitchRequest's).
     pub(crate) fn nonce(&self) -> &[u8] {
         &self.nonce

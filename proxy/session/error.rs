@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use super::admission::Denial;
 use super::auth::AuthRefusal;
+use crate::events::LoginOutcome;
 use crate::metrics::Outcome;
 use crate::protocol::{WireError, codes};
 
@@ -86,9 +88,18 @@ pub enum SessionError {
     /// The client closed or failed the connection.
     #[error("client went away: {0}")]
     ClientGone(String),
-    /// The client did not upgrade to TLS and the listener requires it.
-    #[error("client did not use TLS; tls.require_secure_transport is on")]
-    InsecureTransport,
+    /// The admission decision refused the client.
+    #[error("refused by flexgate: {}", .0.as_str())]
+    Denied(Denial),
+    /// The live server no longer offers capabilities that flexgate's greeting promised and
+    /// the client uses (it was upgraded, downgraded or reconfigured).
+    #[error("backend {backend} no longer offers capabilities {missing:#010x} that the client uses")]
+    ServerChanged {
+        /// Backend address.
+        backend: String,
+        /// The missing capability bits.
+        missing: u32,
+    },
     /// Encrypting the password to the server's key failed.
     #[error("cannot protect the password for backend {backend}: {detail}")]
     PasswordProtection {
@@ -185,10 +196,30 @@ impl SessionError {
                 codes::STATE_AUTH_MODE,
                 "this account's password must travel over a secure connection; connect to flexgate with TLS".into(),
             ),
-            Self::InsecureTransport => r(
+            Self::Denied(Denial::InsecureTransport) => r(
                 codes::SECURE_TRANSPORT_REQUIRED,
                 codes::STATE_GENERAL,
                 "Connections using insecure transport are prohibited while --require_secure_transport=ON.".into(),
+            ),
+            Self::Denied(Denial::Compression) => r(
+                codes::HANDSHAKE_ERROR,
+                codes::STATE_COMM,
+                "Bad handshake: flexgate does not support protocol compression (--compress); connect without it".into(),
+            ),
+            Self::Denied(Denial::NoPluginAuth) => r(
+                codes::NOT_SUPPORTED_AUTH_MODE,
+                codes::STATE_AUTH_MODE,
+                "Client does not support authentication protocol requested by server: flexgate needs a client \
+                 with pluggable authentication (CLIENT_PLUGIN_AUTH, MySQL 5.5 or later); upgrade the client, or \
+                 ask the operator for a listener with greeting = \"server\""
+                    .into(),
+            ),
+            Self::ServerChanged { backend, .. } => r(
+                codes::HANDSHAKE_ERROR,
+                codes::STATE_COMM,
+                format!(
+                    "The database server {backend} changed (upgraded or reconfigured) while you logged in; connect again"
+                ),
             ),
             Self::ClientTls(_) | Self::ClientGone(_) | Self::Timeout(_) => None,
         }
@@ -202,8 +233,9 @@ impl SessionError {
             | Self::BackendProtocol { .. }
             | Self::BackendLost { .. }
             | Self::BackendTls { .. }
-            | Self::PasswordProtection { .. } => Blame::Server,
-            Self::InsecureTransport | Self::AuthRefused(_) => Blame::Policy,
+            | Self::PasswordProtection { .. }
+            | Self::ServerChanged { .. } => Blame::Server,
+            Self::Denied(_) | Self::AuthRefused(_) => Blame::Policy,
             Self::ClientMalformed(_)
             | Self::ClientTooLarge(_)
             | Self::ClientOutOfOrder { .. }
@@ -227,9 +259,44 @@ impl SessionError {
             Self::ClientTooLarge(_) => Outcome::PacketTooLarge,
             Self::ClientTls(_) => Outcome::TlsFailed,
             Self::ClientGone(_) => Outcome::ClientGone,
-            Self::InsecureTransport => Outcome::InsecureTransportRefused,
+            Self::Denied(Denial::InsecureTransport) => Outcome::InsecureTransportRefused,
+            Self::Denied(Denial::Compression) => Outcome::ProtocolError,
+            Self::Denied(Denial::NoPluginAuth) => Outcome::PluginAuthRequired,
+            Self::ServerChanged { .. } => Outcome::ServerChanged,
             Self::AuthRefused(_) => Outcome::AuthRefused,
             Self::Timeout(_) => Outcome::HandshakeTimeout,
         }
+    }
+}
+
+impl SessionError {
+    /// How the login attempt it ended is recorded.
+    pub fn login_outcome(&self) -> LoginOutcome {
+        match self {
+            Self::BackendUnreachable { .. } | Self::BackendTimeout { .. } => LoginOutcome::ServerUnreachable,
+            Self::BackendProtocol { .. }
+            | Self::BackendLost { .. }
+            | Self::BackendTls { .. }
+            | Self::PasswordProtection { .. }
+            | Self::ServerChanged { .. } => LoginOutcome::ServerError,
+            Self::Denied(d) => LoginOutcome::Refused { reason: d.as_str(), code: self.code() },
+            Self::AuthRefused(AuthRefusal::CleartextOverNetwork) => {
+                LoginOutcome::Refused { reason: "cleartext_over_network", code: self.code() }
+            }
+            Self::AuthRefused(AuthRefusal::FullAuthNeedsTls) => {
+                LoginOutcome::Refused { reason: "full_auth_needs_tls", code: self.code() }
+            }
+            Self::Timeout(_) => LoginOutcome::Timeout,
+            Self::ClientMalformed(_)
+            | Self::ClientTooLarge(_)
+            | Self::ClientOutOfOrder { .. }
+            | Self::ClientUnsupported(_) => LoginOutcome::ClientError,
+            Self::ClientTls(_) => LoginOutcome::TlsFailed,
+            Self::ClientGone(_) => LoginOutcome::ClientGone,
+        }
+    }
+
+    fn code(&self) -> u16 {
+        self.refusal().map_or(0, |r| r.code)
     }
 }

@@ -1,7 +1,6 @@
 //! The session's decisions, as plain functions over plain data so that they are tested without
 //! sockets.
 
-use super::SessionError;
 use crate::protocol::Capabilities;
 
 /// Capabilities flexgate advertises to the client: the server's, with TLS offered exactly when
@@ -17,20 +16,6 @@ pub(super) fn greeting_capabilities(server: Capabilities, offer_tls: bool) -> Ca
 /// describing the flexgate → server leg rather than the client's.
 pub(super) fn backend_capabilities(client: Capabilities, backend_tls: bool) -> Capabilities {
     if backend_tls { client.with(Capabilities::SSL) } else { client.without(Capabilities::SSL) }
-}
-
-/// MySQL's `require_secure_transport`, applied before anything of the client's reaches the
-/// server.
-pub(super) fn check_transport(client_used_tls: bool, require_secure_transport: bool) -> Result<(), SessionError> {
-    if require_secure_transport && !client_used_tls { Err(SessionError::InsecureTransport) } else { Ok(()) }
-}
-
-/// Refuses capabilities the client may only use when offered, and that flexgate never offers.
-pub(super) fn check_client_capabilities(client: Capabilities) -> Result<(), SessionError> {
-    if client.contains(Capabilities::COMPRESS) || client.contains(Capabilities::ZSTD_COMPRESSION) {
-        return Err(SessionError::ClientUnsupported("protocol compression (--compress)"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -57,19 +42,5 @@ mod tests {
         assert!(!backend_capabilities(client, false).contains(Capabilities::SSL));
         assert!(backend_capabilities(client.without(Capabilities::SSL), true).contains(Capabilities::SSL));
         assert_eq!(backend_capabilities(client, false).with(Capabilities::SSL), client);
-    }
-
-    #[test]
-    fn transport_table() {
-        for (tls, required, ok) in [(true, true, true), (false, true, false), (false, false, true), (true, false, true)]
-        {
-            assert_eq!(check_transport(tls, required).is_ok(), ok, "tls={tls} required={required}");
-        }
-    }
-
-    #[test]
-    fn compression_is_refused() {
-        assert!(check_client_capabilities(Capabilities::PROTOCOL_41.with(Capabilities::COMPRESS)).is_err());
-        assert!(check_client_capabilities(Capabilities::PROTOCOL_41).is_ok());
     }
 }

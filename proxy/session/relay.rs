@@ -1,10 +1,11 @@
-//! The pass-through after login: bytes copied both ways, unparsed.
+//! The pass-through after login.
 //!
-//! Unlike `tokio::io::copy_bidirectional`, which keeps a heap buffer per direction for the life
-//! of the connection, this reads into a buffer on the stack of `poll` and writes straight from
-//! it. Only when the writer cannot take everything does the remainder move to the heap, and that
-//! allocation is freed as soon as it drains. An idle session (a pooled connection, say) so holds
-//! no relay buffer at all, while the busy path makes the same single copy as before.
+//! Server → client is an unparsed copy. Client → server follows command boundaries (see
+//! [`scan`](super::scan)) so that flexgate can translate `KILL` and pause for
+//! `COM_CHANGE_USER`, yet it copies nothing per packet: bytes are read into a buffer on the
+//! stack of `poll` and written straight from it. Only when a writer cannot take everything does
+//! the remainder move to the heap, and that allocation is freed as soon as it drains. An idle
+//! session (a pooled connection, say) so holds no relay buffer at all.
 
 use std::future::Future;
 use std::io;
@@ -13,6 +14,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::scan::{Scanner, Step};
 
 /// Bytes read per `poll_read`: one full TLS record, and HAProxy's default buffer size.
 const CHUNK: usize = 16 * 1024;
@@ -26,42 +29,345 @@ pub(crate) struct Transferred {
     pub(crate) to_client: u64,
 }
 
-/// Copies `client` ↔ `server` until both directions have reached EOF (each EOF is passed on as
-/// a write shutdown), or either fails. Byte counts are kept even when it fails.
-pub(crate) async fn relay<C, S>(client: &mut C, server: &mut S) -> (Transferred, io::Result<()>)
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut r = Relay { client, server, up: Direction::default(), down: Direction::default() };
-    let result = (&mut r).await;
-    (Transferred { from_client: r.up.bytes, to_client: r.down.bytes }, result)
+/// Which peer's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Client,
+    Server,
 }
 
-struct Relay<'a, C, S> {
-    client: &'a mut C,
-    server: &'a mut S,
-    up: Direction,
+/// A socket error in the relay, with the peer whose socket failed.
+#[derive(Debug)]
+pub(crate) struct RelayError {
+    pub(crate) side: Side,
+    pub(crate) source: io::Error,
+}
+
+/// Why [`Relay::run`] returned.
+#[derive(Debug)]
+pub(crate) enum RelayEnd {
+    /// Both directions reached EOF; `first` closed first.
+    Closed { first: Side },
+    /// The client sent `COM_CHANGE_USER` (this payload). Everything before it has been
+    /// relayed both ways; call `run` again once the session has handled it.
+    ChangeUser(Vec<u8>),
+    /// A socket failed, or the client broke the framing.
+    Failed(RelayError),
+}
+
+/// The relay's state across pauses.
+#[derive(Debug)]
+pub(crate) struct Relay {
+    up: Up,
     down: Direction,
+    first_eof: Option<Side>,
 }
 
-impl<C, S> Future for Relay<'_, C, S>
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    type Output = io::Result<()>;
+impl Relay {
+    /// `max_change_user` bounds the one command the relay buffers whole.
+    pub(crate) fn new(max_change_user: usize) -> Self {
+        Self { up: Up::new(max_change_user), down: Direction::default(), first_eof: None }
+    }
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let up = this.up.poll_copy(cx, &mut *this.client, &mut *this.server)?;
-        let down = this.down.poll_copy(cx, &mut *this.server, &mut *this.client)?;
-        if up.is_ready() && down.is_ready() { Poll::Ready(Ok(())) } else { Poll::Pending }
+    /// Relays until both sides close, a side fails, or the client sends `COM_CHANGE_USER`.
+    /// `lookup` translates flexgate's connection ids in `KILL` to the server's.
+    pub(crate) async fn run<C, S>(
+        &mut self,
+        client: &mut C,
+        server: &mut S,
+        lookup: &(dyn Fn(u32) -> Option<u32> + Sync),
+    ) -> RelayEnd
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        Run { relay: self, client, server, lookup, pause: None }.await
+    }
+
+    /// Bytes moved so far.
+    pub(crate) fn moved(&self) -> Transferred {
+        Transferred { from_client: self.up.bytes, to_client: self.down.bytes }
+    }
+
+    /// Whether the client has sent `COM_QUIT`.
+    pub(crate) fn client_quit(&self) -> bool {
+        self.up.scanner.quit
+    }
+
+    /// Client bytes that arrived after a `COM_CHANGE_USER` in the same read. A client waits
+    /// for the server's answer before it sends more, so this is almost always empty; whatever
+    /// it holds, the session reads it before the socket.
+    pub(crate) fn take_client_input(&mut self) -> Vec<u8> {
+        self.up.input.take().map(|(buf, pos)| buf[pos..].to_vec()).unwrap_or_default()
+    }
+
+    /// Gives back client bytes the session did not use, to be relayed before the socket's.
+    pub(crate) fn put_client_input(&mut self, bytes: Vec<u8>) {
+        if !bytes.is_empty() {
+            self.up.input = Some((bytes, 0));
+        }
     }
 }
 
-/// One direction's state. `pending` exists only while the writer is behind.
-#[derive(Default)]
+struct Run<'a, C, S> {
+    relay: &'a mut Relay,
+    client: &'a mut C,
+    server: &'a mut S,
+    lookup: &'a (dyn Fn(u32) -> Option<u32> + Sync),
+    pause: Option<Vec<u8>>,
+}
+
+impl<C, S> Future for Run<'_, C, S>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = RelayEnd;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        let this = self.get_mut();
+        let r = &mut *this.relay;
+        if this.pause.is_none() {
+            match r.up.poll(cx, &mut *this.client, &mut *this.server, this.lookup) {
+                Poll::Ready(Ok(Some(payload))) => this.pause = Some(payload),
+                Poll::Ready(Ok(None)) => {
+                    r.first_eof.get_or_insert(Side::Client);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::Failed(e)),
+                Poll::Pending => {}
+            }
+        }
+        if let Some(payload) = this.pause.take() {
+            // What the server has already sent reaches the client before the session takes over.
+            match r.down.poll_drain(cx, &mut *this.client) {
+                Poll::Ready(Ok(())) => return Poll::Ready(RelayEnd::ChangeUser(payload)),
+                Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::Failed(e)),
+                Poll::Pending => {
+                    this.pause = Some(payload);
+                    return Poll::Pending;
+                }
+            }
+        }
+        match r.down.poll_copy(cx, &mut *this.server, &mut *this.client) {
+            Poll::Ready(Ok(())) => {
+                r.first_eof.get_or_insert(Side::Server);
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::Failed(e)),
+            Poll::Pending => {}
+        }
+        if r.up.done && r.down.done {
+            Poll::Ready(RelayEnd::Closed { first: r.first_eof.unwrap_or(Side::Client) })
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// The outcome of feeding bytes through the scanner.
+enum Fed {
+    /// Everything was written, kept or emitted.
+    All,
+    /// The writer fell behind after `consumed` bytes; the unwritten output is in `out`.
+    Stalled { consumed: usize },
+    /// A change-user ended after `consumed` bytes.
+    Paused { payload: Vec<u8>, consumed: usize },
+}
+
+/// Client → server.
+#[derive(Debug)]
+struct Up {
+    scanner: Scanner,
+    /// Output that must be written before anything else.
+    out: Option<(Vec<u8>, usize)>,
+    /// Client bytes read but not yet scanned.
+    input: Option<(Vec<u8>, usize)>,
+    read_done: bool,
+    done: bool,
+    need_flush: bool,
+    bytes: u64,
+}
+
+fn client_err(source: io::Error) -> RelayError {
+    RelayError { side: Side::Client, source }
+}
+
+fn server_err(source: io::Error) -> RelayError {
+    RelayError { side: Side::Server, source }
+}
+
+impl Up {
+    fn new(max_change_user: usize) -> Self {
+        Self {
+            scanner: Scanner::new(max_change_user),
+            out: None,
+            input: None,
+            read_done: false,
+            done: false,
+            need_flush: false,
+            bytes: 0,
+        }
+    }
+
+    /// `Ready(Ok(None))` at EOF (passed on as a write shutdown), `Ready(Ok(Some(payload)))` at
+    /// a change-user.
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        lookup: &(dyn Fn(u32) -> Option<u32> + Sync),
+    ) -> Poll<Result<Option<Vec<u8>>, RelayError>>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        if self.done {
+            return Poll::Ready(Ok(None));
+        }
+        loop {
+            if let Some((buf, pos)) = &mut self.out {
+                self.need_flush = true;
+                ready!(poll_write_out(cx, writer, buf, pos, &mut self.bytes)).map_err(server_err)?;
+                self.out = None;
+            }
+            if let Some((buf, pos)) = self.input.take() {
+                match self.feed(cx, &buf[pos..], writer, lookup)? {
+                    Fed::All => {}
+                    Fed::Stalled { consumed } => {
+                        self.input = Some((buf, pos + consumed)).filter(|(b, p)| *p < b.len());
+                        continue;
+                    }
+                    Fed::Paused { payload, consumed } => {
+                        self.input = Some((buf, pos + consumed)).filter(|(b, p)| *p < b.len());
+                        return Poll::Ready(Ok(Some(payload)));
+                    }
+                }
+            }
+            if self.read_done {
+                ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(server_err)?;
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx)).map_err(server_err)?;
+                self.done = true;
+                return Poll::Ready(Ok(None));
+            }
+            let mut chunk = [MaybeUninit::<u8>::uninit(); CHUNK];
+            let mut rb = ReadBuf::uninit(&mut chunk);
+            match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(client_err(e))),
+                Poll::Pending => {
+                    if self.need_flush {
+                        ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(server_err)?;
+                        self.need_flush = false;
+                    }
+                    return Poll::Pending;
+                }
+            }
+            let data = rb.filled();
+            if data.is_empty() {
+                self.read_done = true;
+                continue;
+            }
+            match self.feed(cx, data, writer, lookup)? {
+                Fed::All => {}
+                Fed::Stalled { consumed } => {
+                    if consumed < data.len() {
+                        self.input = Some((data[consumed..].to_vec(), 0));
+                    }
+                }
+                Fed::Paused { payload, consumed } => {
+                    if consumed < data.len() {
+                        self.input = Some((data[consumed..].to_vec(), 0));
+                    }
+                    return Poll::Ready(Ok(Some(payload)));
+                }
+            }
+        }
+    }
+
+    /// Scans `data` and writes what the scanner passes, straight from `data` where it can.
+    fn feed<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+        writer: &mut W,
+        lookup: &(dyn Fn(u32) -> Option<u32> + Sync),
+    ) -> Result<Fed, RelayError> {
+        let mut pos = 0;
+        while pos < data.len() {
+            match self.scanner.step(&data[pos..], lookup) {
+                Step::Pass(n) => {
+                    let span = &data[pos..pos + n];
+                    pos += n;
+                    if let Some(written) = self.write(cx, span, writer)? {
+                        self.out = Some((span[written..].to_vec(), 0));
+                        return Ok(Fed::Stalled { consumed: pos });
+                    }
+                }
+                Step::Keep(n) => pos += n,
+                Step::Emit { bytes, consumed } => {
+                    pos += consumed;
+                    if let Some(written) = self.write(cx, &bytes, writer)? {
+                        self.out = Some((bytes, written));
+                        return Ok(Fed::Stalled { consumed: pos });
+                    }
+                }
+                Step::ChangeUser { payload, consumed } => {
+                    return Ok(Fed::Paused { payload, consumed: pos + consumed });
+                }
+                Step::Refuse(e) => {
+                    return Err(client_err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                }
+            }
+        }
+        Ok(Fed::All)
+    }
+
+    /// Writes as much of `span` as the writer takes now; `Some(n)` if it stalled after `n`.
+    fn write<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        span: &[u8],
+        writer: &mut W,
+    ) -> Result<Option<usize>, RelayError> {
+        let mut off = 0;
+        while off < span.len() {
+            match Pin::new(&mut *writer).poll_write(cx, &span[off..]) {
+                Poll::Ready(Ok(0)) => return Err(server_err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    off += n;
+                    self.bytes += n as u64;
+                    self.need_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Err(server_err(e)),
+                // The waker is registered: the caller's retry returns Pending.
+                Poll::Pending => return Ok(Some(off)),
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Writes `buf[*pos..]` out, advancing `pos` and counting into `bytes` as it goes.
+fn poll_write_out<W: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    writer: &mut W,
+    buf: &[u8],
+    pos: &mut usize,
+    bytes: &mut u64,
+) -> Poll<io::Result<()>> {
+    while *pos < buf.len() {
+        let n = ready!(Pin::new(&mut *writer).poll_write(cx, &buf[*pos..]))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        *pos += n;
+        *bytes += n as u64;
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// Server → client: an unparsed copy. `pending` exists only while the writer is behind.
+#[derive(Debug, Default)]
 struct Direction {
     pending: Option<Box<[u8]>>,
     pos: usize,
@@ -72,7 +378,26 @@ struct Direction {
 }
 
 impl Direction {
-    fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, reader: &mut R, writer: &mut W) -> Poll<io::Result<()>>
+    /// Writes out what is pending, then flushes; reads nothing.
+    fn poll_drain<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+    ) -> Poll<Result<(), RelayError>> {
+        if let Some(buf) = &self.pending {
+            self.need_flush = true;
+            ready!(poll_write_out(cx, writer, buf, &mut self.pos, &mut self.bytes)).map_err(client_err)?;
+            self.pending = None;
+            self.pos = 0;
+        }
+        if self.need_flush {
+            ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(client_err)?;
+            self.need_flush = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, reader: &mut R, writer: &mut W) -> Poll<Result<(), RelayError>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -81,23 +406,15 @@ impl Direction {
             return Poll::Ready(Ok(()));
         }
         loop {
-            // What the writer could not take last time goes first.
             if let Some(buf) = &self.pending {
-                while self.pos < buf.len() {
-                    let n = ready!(Pin::new(&mut *writer).poll_write(cx, &buf[self.pos..]))?;
-                    if n == 0 {
-                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                    }
-                    self.pos += n;
-                    self.bytes += n as u64;
-                    self.need_flush = true;
-                }
+                self.need_flush = true;
+                ready!(poll_write_out(cx, writer, buf, &mut self.pos, &mut self.bytes)).map_err(client_err)?;
                 self.pending = None;
                 self.pos = 0;
             }
             if self.read_done {
-                ready!(Pin::new(&mut *writer).poll_flush(cx))?;
-                ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
+                ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(client_err)?;
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx)).map_err(client_err)?;
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
@@ -105,11 +422,11 @@ impl Direction {
             let mut buf = ReadBuf::uninit(&mut chunk);
             match Pin::new(&mut *reader).poll_read(cx, &mut buf) {
                 Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(server_err(e))),
                 Poll::Pending => {
                     // Nothing more to read now: push out what was written (TLS buffers it).
                     if self.need_flush {
-                        ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                        ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(client_err)?;
                         self.need_flush = false;
                     }
                     return Poll::Pending;
@@ -123,13 +440,13 @@ impl Direction {
             let mut off = 0;
             while off < data.len() {
                 match Pin::new(&mut *writer).poll_write(cx, &data[off..]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(client_err(io::ErrorKind::WriteZero.into()))),
                     Poll::Ready(Ok(n)) => {
                         off += n;
                         self.bytes += n as u64;
                         self.need_flush = true;
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(client_err(e))),
                     Poll::Pending => {
                         // The writer is behind: keep the rest until it catches up. The waker
                         // is registered, so the loop's retry returns Pending.
@@ -145,7 +462,12 @@ impl Direction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{com, write_packet};
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    fn no_lookup(_: u32) -> Option<u32> {
+        None
+    }
 
     /// Writes `data` then shuts down, while reading everything the other side sends.
     async fn send_and_receive(stream: tokio::io::DuplexStream, data: Vec<u8>) -> io::Result<Vec<u8>> {
@@ -159,24 +481,68 @@ mod tests {
         sent.and(received).map(|_| got)
     }
 
+    /// Client traffic made of well-formed packets of every size class, including one that
+    /// spans the 16 MiB continuation boundary.
+    fn client_stream() -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..2000u32 {
+            let len = (i * 37) as usize % 300;
+            let mut p = vec![0x03];
+            p.extend((0..len).map(|j| (i as usize * 7 + j) as u8));
+            write_packet(&mut out, 0, &p);
+        }
+        out
+    }
+
     /// Both directions at once, through pipes smaller than a chunk, so that writes fall behind
-    /// and the pending path runs; the bytes arrive intact and are counted.
+    /// and the pending paths run; the bytes arrive intact and are counted.
     #[tokio::test]
     async fn copies_both_ways_through_slow_writers() {
         let (client_far, mut client_near) = duplex(1000);
         let (mut server_near, server_far) = duplex(777);
-        let relay = tokio::spawn(async move { relay(&mut client_near, &mut server_near).await });
-        let up: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        let relay = tokio::spawn(async move {
+            let mut r = Relay::new(1 << 16);
+            let end = r.run(&mut client_near, &mut server_near, &no_lookup).await;
+            (r.moved(), end)
+        });
+        let up = client_stream();
         let down: Vec<u8> = (0..200_000u32).map(|i| (i * 13) as u8).collect();
-        let (up2, down2) = (up.clone(), down.clone());
-        let client = tokio::spawn(send_and_receive(client_far, up2));
-        let server = tokio::spawn(send_and_receive(server_far, down2));
+        let client = tokio::spawn(send_and_receive(client_far, up.clone()));
+        let server = tokio::spawn(send_and_receive(server_far, down.clone()));
         let at_client = client.await.ok().and_then(Result::ok).unwrap_or_default();
         let at_server = server.await.ok().and_then(Result::ok).unwrap_or_default();
-        let (moved, result) = relay.await.unwrap_or_else(|e| panic!("{e}"));
-        assert!(result.is_ok(), "{result:?}");
-        assert_eq!(at_server, up);
+        let (moved, end) = relay.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(end, RelayEnd::Closed { .. }), "{end:?}");
+        assert!(at_server == up, "client bytes changed in transit");
         assert_eq!(at_client, down);
         assert_eq!(moved, Transferred { from_client: up.len() as u64, to_client: down.len() as u64 });
+    }
+
+    #[tokio::test]
+    async fn pauses_at_change_user_and_resumes() {
+        let (mut client_far, mut client_near) = duplex(64);
+        let (mut server_near, mut server_far) = duplex(64);
+        let mut stream = Vec::new();
+        write_packet(&mut stream, 0, b"\x03SELECT 1");
+        write_packet(&mut stream, 0, &[com::CHANGE_USER, b'u', 0, 0, 0]);
+        let mut after = Vec::new();
+        write_packet(&mut after, 0, &[com::QUIT]);
+        let writer = tokio::spawn(async move {
+            client_far.write_all(&stream).await?;
+            client_far.flush().await?;
+            Ok::<_, io::Error>(client_far)
+        });
+        let mut r = Relay::new(1 << 16);
+        let end = r.run(&mut client_near, &mut server_near, &no_lookup).await;
+        assert!(matches!(&end, RelayEnd::ChangeUser(p) if p == &[com::CHANGE_USER, b'u', 0, 0, 0]), "{end:?}");
+        let mut got = [0u8; 13];
+        server_far.read_exact(&mut got).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&got[4..], b"\x03SELECT 1");
+        let mut client_far = writer.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
+        client_far.write_all(&after).await.unwrap_or_else(|e| panic!("{e}"));
+        drop(client_far);
+        drop(server_far);
+        let end = r.run(&mut client_near, &mut server_near, &no_lookup).await;
+        assert!(r.client_quit(), "{end:?}");
     }
 }

@@ -5,20 +5,82 @@
 //! next bytes belong to the relay. A read-ahead buffer would have to hand both back.
 
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use zeroize::Zeroize;
 
 use crate::protocol::{HEADER_LEN, Header, WireError};
 
-/// The client's connection: plaintext until an SSLRequest, TLS after it.
-pub(crate) enum ClientStream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+/// The client's connection: plaintext until an SSLRequest, TLS after it. Generic over the
+/// transport so that tests drive a session over in-memory pipes.
+pub(crate) enum ClientStream<C> {
+    Plain(C),
+    Tls(Box<tokio_rustls::server::TlsStream<C>>),
 }
 
-delegate_async_io!(ClientStream { Plain, Tls });
+impl<C> ClientStream<C> {
+    /// The negotiated TLS version and cipher, for logs and login events.
+    pub(crate) fn tls_info(&self) -> (Option<&'static str>, Option<&'static str>) {
+        match self {
+            Self::Plain(_) => (None, None),
+            Self::Tls(t) => {
+                let conn = t.get_ref().1;
+                (
+                    conn.protocol_version().map(crate::tls::version_name),
+                    conn.negotiated_cipher_suite().and_then(|c| c.suite().as_str()),
+                )
+            }
+        }
+    }
+}
+
+impl<C: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientStream<C> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<C: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientStream<C> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Why a packet could not be read.
 #[derive(Debug)]

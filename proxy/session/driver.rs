@@ -1,0 +1,930 @@
+//! The session's I/O driver: reads and writes packets and moves through the phases. Every
+//! decision it acts on comes from a plain function: [`admission::decide`], the builders in
+//! [`handshake`], and the [`AuthExchange`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout_at;
+use tracing::{debug, info, warn};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::admission::{self, Claim, Decision, GreetingMode, Peer, Request};
+use super::auth::{AuthExchange, ClientVerdict, REQUEST_PUBLIC_KEY, ServerVerdict, Turn};
+use super::handshake::{self, Identity, NONCE_LEN};
+use super::relay::{Relay, RelayEnd, Side};
+use super::stream::{ClientStream, ReadError, read_packet};
+use super::{Blame, ListenerContext, SessionError, policy};
+use crate::backend::{Backend, BackendError, BackendStream};
+use crate::events::{LoginEvent, LoginKind, LoginOutcome, Transport, loggable};
+use crate::metrics::Outcome;
+use crate::profile::ProfileCell;
+use crate::protocol::{
+    AuthPacket, Capabilities, ChangeUser, ClientFirst, ErrPacket, Greeting, HandshakeResponse, MAX_PRE_AUTH_PAYLOAD,
+    MariaDbCapabilities, SSL_REQUEST_LEN, SslRequest, codes, parse_client_first, scramble, write_err,
+};
+use crate::registry::Registered;
+
+/// A server connection whose greeting has been read.
+struct Live {
+    stream: BackendStream,
+    capabilities: Capabilities,
+    mariadb_capabilities: MariaDbCapabilities,
+    thread_id: u32,
+    /// The greeting's nonce: what a client greeted by the server scrambles with.
+    nonce: Vec<u8>,
+}
+
+/// What dialling the server gave.
+enum Dialled {
+    Live(Live),
+    /// The server sent ERR instead of a greeting (1040 too many connections, 1129 host
+    /// blocked, ...); its payload is in the session's buffer.
+    Refused {
+        code: u16,
+    },
+}
+
+/// The phases before the relay. Each holds only what is valid in it; a transition consumes it.
+enum Phase {
+    /// Accepted; the peer address is known and nothing has been sent.
+    Accepted,
+    /// Greeted; waiting for an SSLRequest or a HandshakeResponse.
+    Greeted(Greeted),
+    /// The client's HandshakeResponse, parsed once and owned.
+    Identified(Identified),
+    /// The admission decision let the client through.
+    Admitted(Identified),
+    /// The server has greeted and is about to receive the client's login.
+    Connected(Connected),
+    /// Done before the relay.
+    Ended(Ended),
+}
+
+struct Greeted {
+    /// The capabilities the client's greeting offered on the server's behalf.
+    promised: Capabilities,
+    /// The server, when it was dialled before the greeting (server-greeting mode, or no
+    /// profile learned yet).
+    backend: Option<Live>,
+}
+
+struct Identified {
+    promised: Capabilities,
+    backend: Option<Live>,
+    identity: Identity,
+    /// Server-greeting mode only: the response to forward, scrambled over the server's nonce.
+    /// In flexgate mode the auth data was computed over flexgate's nonce, useless to the
+    /// server, and is zeroed as soon as the response is parsed.
+    raw: Option<Zeroizing<Vec<u8>>>,
+}
+
+struct Connected {
+    live: Live,
+    identity: Identity,
+    raw: Option<Zeroizing<Vec<u8>>>,
+}
+
+/// What the server receives first on the client's behalf, and where the auth exchange starts.
+struct FirstLogin {
+    forwarded: Zeroizing<Vec<u8>>,
+    /// The plugin the first auth data was made with.
+    plugin: Vec<u8>,
+    /// The first auth data, checked for cleartext that the server leg would expose.
+    first_auth: Zeroizing<Vec<u8>>,
+    nonce: Vec<u8>,
+}
+
+impl FirstLogin {
+    /// Server-greeting mode: the client's response byte for byte, with only CLIENT_SSL
+    /// describing the server leg (the layout does not depend on that bit).
+    fn relayed(raw: &[u8], nonce: Vec<u8>, backend_tls: bool) -> Result<Self, SessionError> {
+        let r = HandshakeResponse::parse(raw).map_err(SessionError::ClientMalformed)?;
+        let caps = policy::backend_capabilities(r.capabilities, backend_tls);
+        let mut forwarded = Zeroizing::new(raw.to_vec());
+        if let Some(flags) = forwarded.get_mut(..4) {
+            flags.copy_from_slice(&caps.0.to_le_bytes());
+        }
+        Ok(Self {
+            forwarded,
+            plugin: r.auth_plugin.unwrap_or(b"mysql_native_password").to_vec(),
+            first_auth: Zeroizing::new(r.auth_response.to_vec()),
+            nonce,
+        })
+    }
+
+    /// flexgate-greeting mode: no auth data, and a plugin name that makes the server switch.
+    fn forced_switch(
+        id: &Identity,
+        live: Capabilities,
+        live_mariadb: MariaDbCapabilities,
+        backend_tls: bool,
+    ) -> Result<Self, handshake::Mismatch> {
+        Ok(Self {
+            forwarded: Zeroizing::new(handshake::server_response(id, live, live, live_mariadb, backend_tls)?),
+            plugin: handshake::FORCE_SWITCH_PLUGIN.to_vec(),
+            first_auth: Zeroizing::new(Vec::new()),
+            nonce: Vec::new(),
+        })
+    }
+}
+
+/// How the phases before the relay ended without an error of flexgate's.
+pub(super) enum Ended {
+    /// The server accepted the login.
+    Authenticated(BackendStream),
+    /// The server refused the login; its ERR was relayed.
+    Denied { code: u16 },
+    /// The server refused the connection outright; its ERR was relayed.
+    BackendRefused { code: u16 },
+}
+
+/// How an auth exchange (login or change-user) ended.
+enum Exchanged {
+    Accepted,
+    Refused { code: u16 },
+}
+
+/// Per-session facts for the closing log line and the login events. Holds no secret.
+#[derive(Debug, Default)]
+struct SessionLog {
+    user: Option<String>,
+    tls_version: Option<&'static str>,
+    cipher: Option<&'static str>,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+pub(super) struct Session<C> {
+    ctx: Arc<ListenerContext>,
+    peer: SocketAddr,
+    /// `None` only while the TLS upgrade owns the socket, or after it failed.
+    client: Option<ClientStream<C>>,
+    /// Sequence id of the next packet to or from the client.
+    client_seq: u8,
+    /// Whether the client has a greeting (and so expects 4.1-format ERR packets).
+    greeted: bool,
+    buf: Vec<u8>,
+    /// Client bytes the relay read ahead of a change-user; read before the socket.
+    input: Vec<u8>,
+    log: SessionLog,
+    /// flexgate's connection id for this session (flexgate-greeting mode).
+    registered: Option<Registered>,
+    /// The server's thread id.
+    thread_id: Option<u32>,
+    identity: Option<Identity>,
+    /// The last plugin of the last exchange.
+    plugin: Option<Vec<u8>>,
+}
+
+impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
+    pub(super) fn new(client: C, peer: SocketAddr, ctx: Arc<ListenerContext>) -> Self {
+        Self {
+            ctx,
+            peer,
+            client: Some(ClientStream::Plain(client)),
+            client_seq: 0,
+            greeted: false,
+            buf: Vec::new(),
+            input: Vec::new(),
+            log: SessionLog::default(),
+            registered: None,
+            thread_id: None,
+            identity: None,
+            plugin: None,
+        }
+    }
+
+    /// Serves the connection to its end.
+    pub(super) async fn run(mut self) {
+        let started = Instant::now();
+        self.ctx.metrics.accepted();
+        let deadline = tokio::time::Instant::now() + self.ctx.handshake_timeout;
+        let result = match timeout_at(deadline, self.pre_auth()).await {
+            Ok(r) => r,
+            Err(_) => Err(SessionError::Timeout(self.ctx.handshake_timeout)),
+        };
+        // Pre-auth packets may hold auth data; the relay does not use this buffer.
+        self.buf.zeroize();
+        self.buf = Vec::new();
+        let (outcome, code) = match result {
+            Ok(Ended::Authenticated(backend)) => {
+                self.publish(LoginKind::Connect, LoginOutcome::Ok, started.elapsed());
+                self.relay(backend).await
+            }
+            Ok(Ended::Denied { code }) => {
+                self.publish(LoginKind::Connect, LoginOutcome::ServerRefused { code }, started.elapsed());
+                (Outcome::AuthFailed, Some(code))
+            }
+            Ok(Ended::BackendRefused { code }) => {
+                self.publish(LoginKind::Connect, LoginOutcome::ServerRefused { code }, started.elapsed());
+                (Outcome::BackendRefused, Some(code))
+            }
+            Err(e) => {
+                let code = self.refuse(&e).await;
+                self.log_failure(&e);
+                self.publish(LoginKind::Connect, e.login_outcome(), started.elapsed());
+                (e.outcome(), code)
+            }
+        };
+        self.ctx.metrics.ended(outcome);
+        let l = &self.log;
+        info!(
+            listener = %self.ctx.listener,
+            client = %self.peer,
+            connection_id = self.registered.as_ref().map(Registered::id).or(self.thread_id).unwrap_or(0),
+            server_thread_id = self.thread_id.unwrap_or(0),
+            user = l.user.as_deref().unwrap_or("-"),
+            tls_version = l.tls_version.unwrap_or("none"),
+            cipher = l.cipher.unwrap_or("none"),
+            outcome = outcome.as_str(),
+            error_code = code.unwrap_or(0),
+            bytes_from_client = l.bytes_in,
+            bytes_to_client = l.bytes_out,
+            duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "session ended"
+        );
+    }
+
+    async fn pre_auth(&mut self) -> Result<Ended, SessionError> {
+        let mut phase = Phase::Accepted;
+        loop {
+            phase = match phase {
+                Phase::Accepted => self.greet().await?,
+                Phase::Greeted(g) => self.identify(g).await?,
+                Phase::Identified(i) => self.admit(i)?,
+                Phase::Admitted(a) => self.connect(a).await?,
+                Phase::Connected(c) => self.login(c).await?,
+                Phase::Ended(e) => return Ok(e),
+            };
+        }
+    }
+
+    fn peer_view(&self) -> Peer<'_> {
+        Peer { listener: &self.ctx.listener, addr: self.peer, tls: self.log.tls_version, now: SystemTime::now() }
+    }
+
+    /// Accepted → Greeted: flexgate's own greeting, or the server's relayed.
+    async fn greet(&mut self) -> Result<Phase, SessionError> {
+        match admission::decide(&self.ctx.policy(), &Request::Connect(self.peer_view())) {
+            Decision::Refuse(d) => return Err(SessionError::Denied(d)),
+            Decision::Greet | Decision::Authenticate(_) => {}
+        }
+        let offer_tls = self.ctx.tls.is_some();
+        let early = match (self.ctx.greeting, self.ctx.profile.load()) {
+            (GreetingMode::Flexgate, Some(_)) => None,
+            // Server-greeting mode, or no profile yet (the server was down at startup): the
+            // server must greet first.
+            _ => match dial(&self.ctx.backend, &self.ctx.profile, &mut self.buf).await? {
+                Dialled::Live(live) => Some(live),
+                Dialled::Refused { code } => {
+                    self.relay_to_client().await?;
+                    return Ok(Phase::Ended(Ended::BackendRefused { code }));
+                }
+            },
+        };
+        match (self.ctx.greeting, early) {
+            (GreetingMode::Server, Some(live)) => {
+                // `dial` left the live greeting in the buffer; relay it with our capabilities.
+                let g = Greeting::parse(&self.buf).map_err(|e| self.backend_protocol(format!("greeting: {e}")))?;
+                let ours = Greeting { capabilities: policy::greeting_capabilities(g.capabilities, offer_tls), ..g };
+                let mut out = Vec::with_capacity(self.buf.len());
+                ours.write(&mut out);
+                self.thread_id = Some(live.thread_id);
+                self.write_greeting(&out).await?;
+                Ok(Phase::Greeted(Greeted { promised: live.capabilities, backend: Some(live) }))
+            }
+            (GreetingMode::Server, None) => Err(self.backend_protocol("server-greeting mode without a server".into())),
+            (GreetingMode::Flexgate, early) => {
+                let Some(profile) = self.ctx.profile.load() else {
+                    return Err(self.backend_protocol("no server profile after a greeting".into()));
+                };
+                if !profile.supports_own_greeting() {
+                    return Err(self.backend_protocol(
+                        "the server lacks pluggable authentication, which flexgate's greeting needs; \
+                         set greeting = \"server\" on this listener"
+                            .into(),
+                    ));
+                }
+                let registered = self.ctx.registry.register();
+                let payload = handshake::own_greeting(&profile, registered.id(), &new_nonce()?, offer_tls);
+                self.registered = Some(registered);
+                self.write_greeting(&payload).await?;
+                Ok(Phase::Greeted(Greeted { promised: profile.capabilities, backend: early }))
+            }
+        }
+    }
+
+    async fn write_greeting(&mut self, payload: &[u8]) -> Result<(), SessionError> {
+        self.write_client(&framed(0, payload)).await?;
+        self.greeted = true;
+        self.client_seq = 1;
+        Ok(())
+    }
+
+    /// Greeted → Identified: the SSLRequest and TLS, then the HandshakeResponse.
+    async fn identify(&mut self, g: Greeted) -> Result<Phase, SessionError> {
+        self.read_client().await?;
+        let tls_requested = match parse_client_first(&self.buf).map_err(SessionError::ClientMalformed)? {
+            ClientFirst::SslRequest(_) => true,
+            ClientFirst::Response(_) => false,
+        };
+        if tls_requested {
+            self.accept_tls().await?;
+            self.read_client().await?;
+        }
+        let response = HandshakeResponse::parse(&self.buf).map_err(SessionError::ClientMalformed)?;
+        let identity = Identity::from_response(&response);
+        self.log.user = Some(loggable(&identity.user, 80));
+        let raw = match self.ctx.greeting {
+            GreetingMode::Server => Some(Zeroizing::new(std::mem::take(&mut self.buf))),
+            GreetingMode::Flexgate => {
+                // Scrambled over flexgate's nonce (or, with mysql_clear_password, the password
+                // itself): of no use to the server, so never kept.
+                self.buf.zeroize();
+                None
+            }
+        };
+        Ok(Phase::Identified(Identified { promised: g.promised, backend: g.backend, identity, raw }))
+    }
+
+    async fn accept_tls(&mut self) -> Result<(), SessionError> {
+        let Some(acceptor) = self.ctx.tls.clone() else {
+            return Err(SessionError::ClientUnsupported("TLS (no certificate is configured)"));
+        };
+        let Some(ClientStream::Plain(plain)) = self.client.take() else {
+            return Err(SessionError::ClientGone("connection already upgraded or closed".into()));
+        };
+        let tls = acceptor.accept(plain).await.map_err(|e| {
+            self.ctx.metrics.tls_failed();
+            SessionError::ClientTls(crate::tls::describe_handshake_failure(&e, self.ctx.min_tls))
+        })?;
+        let client = ClientStream::Tls(Box::new(tls));
+        (self.log.tls_version, self.log.cipher) = client.tls_info();
+        self.client = Some(client);
+        Ok(())
+    }
+
+    /// Identified → Admitted, by the admission decision.
+    fn admit(&mut self, i: Identified) -> Result<Phase, SessionError> {
+        let claim = Claim {
+            kind: LoginKind::Connect,
+            user: &i.identity.user,
+            database: i.identity.database.as_deref(),
+            capabilities: i.identity.capabilities,
+        };
+        match admission::decide(&self.ctx.policy(), &Request::Login(self.peer_view(), claim)) {
+            Decision::Authenticate(_) => {
+                self.identity = Some(i.identity.clone());
+                Ok(Phase::Admitted(i))
+            }
+            Decision::Refuse(d) => Err(SessionError::Denied(d)),
+            Decision::Greet => Err(self.backend_protocol("admission answered a login with a greeting".into())),
+        }
+    }
+
+    /// Admitted → Connected: only now is the server dialled (unless it greeted already).
+    async fn connect(&mut self, a: Identified) -> Result<Phase, SessionError> {
+        let live = match a.backend {
+            Some(live) => live,
+            None => match dial(&self.ctx.backend, &self.ctx.profile, &mut self.buf).await? {
+                Dialled::Live(live) => live,
+                Dialled::Refused { code } => {
+                    self.relay_server_err().await?;
+                    return Ok(Phase::Ended(Ended::BackendRefused { code }));
+                }
+            },
+        };
+        if self.ctx.greeting == GreetingMode::Flexgate
+            && let Err(m) = handshake::server_response(
+                &a.identity,
+                a.promised,
+                live.capabilities,
+                live.mariadb_capabilities,
+                self.ctx.backend.uses_tls(),
+            )
+        {
+            // `dial` has already refreshed the profile from this greeting.
+            return Err(SessionError::ServerChanged {
+                backend: self.ctx.backend.label().to_owned(),
+                missing: m.missing.0,
+            });
+        }
+        self.thread_id = Some(live.thread_id);
+        if let Some(r) = &self.registered {
+            r.connected(live.thread_id);
+        }
+        Ok(Phase::Connected(Connected { live, identity: a.identity, raw: a.raw }))
+    }
+
+    /// Connected → Ended: the client's login goes to the server (over TLS if configured),
+    /// and the auth exchange is relayed until the server says OK or ERR.
+    async fn login(&mut self, c: Connected) -> Result<Phase, SessionError> {
+        let Connected { live, identity, raw } = c;
+        let Live { stream: mut backend, capabilities: live_caps, mariadb_capabilities, nonce, .. } = live;
+        let backend_tls = self.ctx.backend.uses_tls();
+        let client_tls = self.log.tls_version.is_some();
+        let first = match raw {
+            Some(raw) => FirstLogin::relayed(&raw, nonce, backend_tls)?,
+            None => {
+                FirstLogin::forced_switch(&identity, live_caps, mariadb_capabilities, backend_tls).map_err(|m| {
+                    SessionError::ServerChanged { backend: self.ctx.backend.label().to_owned(), missing: m.missing.0 }
+                })?
+            }
+        };
+        let FirstLogin { forwarded, plugin, first_auth, nonce } = first;
+        let mut backend_seq: u8 = 1;
+        if backend_tls {
+            if !live_caps.contains(Capabilities::SSL) {
+                return Err(SessionError::BackendTls {
+                    backend: self.ctx.backend.label().to_owned(),
+                    detail: "the server does not offer TLS (CLIENT_SSL not in its greeting)".into(),
+                });
+            }
+            let caps = Capabilities(u32::from_le_bytes(
+                forwarded.get(..4).and_then(|b| b.try_into().ok()).unwrap_or_default(),
+            ));
+            let mut request = Vec::with_capacity(SSL_REQUEST_LEN);
+            SslRequest {
+                capabilities: caps,
+                max_packet_size: identity.max_packet_size,
+                charset: identity.charset,
+                mariadb_capabilities: identity.mariadb_capabilities,
+            }
+            .write(&mut request);
+            self.send_backend(&mut backend, &mut backend_seq, &request).await?;
+            backend = self.ctx.backend.upgrade(backend).await.map_err(|e| self.backend_error(e))?;
+        }
+        let exchange = AuthExchange::new(&plugin, &first_auth, nonce, client_tls, backend.leg())
+            .map_err(SessionError::AuthRefused)?;
+        drop(first_auth);
+        self.send_backend(&mut backend, &mut backend_seq, &forwarded).await?;
+        drop(forwarded);
+        Ok(Phase::Ended(match self.exchange(&mut backend, backend_seq, exchange).await? {
+            Exchanged::Accepted => Ended::Authenticated(backend),
+            Exchanged::Refused { code } => Ended::Denied { code },
+        }))
+    }
+
+    /// Relays an auth exchange whose first packet the server has received.
+    async fn exchange(
+        &mut self,
+        backend: &mut BackendStream,
+        mut backend_seq: u8,
+        mut exchange: AuthExchange,
+    ) -> Result<Exchanged, SessionError> {
+        loop {
+            match exchange.turn() {
+                Turn::Server => {
+                    self.read_backend(backend, &mut backend_seq).await?;
+                    let verdict = exchange.on_server(&self.buf).map_err(|e| self.backend_protocol(e.to_string()))?;
+                    self.plugin = Some(exchange.plugin().to_vec());
+                    self.relay_to_client().await?;
+                    match verdict {
+                        ServerVerdict::Success => return Ok(Exchanged::Accepted),
+                        ServerVerdict::Failure { code } => return Ok(Exchanged::Refused { code }),
+                        ServerVerdict::Forward { .. } => {}
+                    }
+                }
+                Turn::Client => {
+                    self.read_client().await?;
+                    match exchange.on_client(&self.buf) {
+                        ClientVerdict::Forward => {
+                            let packet = std::mem::take(&mut self.buf);
+                            let sent = self.send_backend(backend, &mut backend_seq, &packet).await;
+                            self.buf = packet;
+                            sent?;
+                        }
+                        ClientVerdict::Refuse(why) => return Err(SessionError::AuthRefused(why)),
+                        ClientVerdict::EncryptToServerKey => {
+                            let password = Zeroizing::new(std::mem::take(&mut self.buf));
+                            if let Some(code) =
+                                self.send_encrypted(backend, &mut backend_seq, &password, exchange.nonce()).await?
+                            {
+                                return Ok(Exchanged::Refused { code });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `caching_sha2_password` full authentication over a plaintext TCP leg: ask for the
+    /// server's RSA key and send the password encrypted to it, as libmysqlclient does with
+    /// `--get-server-public-key`. The client does not see these two extra packets. Returns the
+    /// server's error code if it refused instead.
+    async fn send_encrypted(
+        &mut self,
+        backend: &mut BackendStream,
+        backend_seq: &mut u8,
+        password_nul: &[u8],
+        nonce: &[u8],
+    ) -> Result<Option<u16>, SessionError> {
+        self.send_backend(backend, backend_seq, &[REQUEST_PUBLIC_KEY]).await?;
+        self.read_backend(backend, backend_seq).await?;
+        let pem = match AuthPacket::parse(&self.buf) {
+            Ok(AuthPacket::MoreData(pem)) => pem,
+            Ok(AuthPacket::Err(e)) => {
+                let code = e.code;
+                self.relay_to_client().await?;
+                return Ok(Some(code));
+            }
+            _ => return Err(self.backend_protocol("expected the server's RSA public key".into())),
+        };
+        let ciphertext = scramble::encrypt_password(password_nul, nonce, pem).map_err(|e| {
+            SessionError::PasswordProtection { backend: self.ctx.backend.label().to_owned(), detail: e.to_string() }
+        })?;
+        self.send_backend(backend, backend_seq, &ciphertext).await?;
+        Ok(None)
+    }
+
+    /// The pass-through, with a pause at every `COM_CHANGE_USER`; returns the outcome.
+    async fn relay(&mut self, mut backend: BackendStream) -> (Outcome, Option<u16>) {
+        let registry = self.ctx.registry.clone();
+        let lookup = move |id: u32| registry.server_id(id);
+        let mut relay = Relay::new(MAX_PRE_AUTH_PAYLOAD);
+        let result = loop {
+            let Some(mut client) = self.client.take() else { break (Outcome::ClientClosed, None) };
+            let end = relay.run(&mut client, &mut backend, &lookup).await;
+            self.client = Some(client);
+            match end {
+                RelayEnd::ChangeUser(payload) => {
+                    self.input = relay.take_client_input();
+                    if let Err(e) = self.change_user(&mut backend, payload).await {
+                        let code = self.refuse(&e).await;
+                        self.log_failure(&e);
+                        break (e.outcome(), code);
+                    }
+                    relay.put_client_input(std::mem::take(&mut self.input));
+                }
+                RelayEnd::Closed { .. } if relay.client_quit() => break (Outcome::Quit, None),
+                RelayEnd::Closed { first: Side::Client } => break (Outcome::ClientClosed, None),
+                RelayEnd::Closed { first: Side::Server } => break (Outcome::ServerClosed, None),
+                // After COM_QUIT the server closes and the client may already be gone: any
+                // error on the way out is the normal end of a session.
+                RelayEnd::Failed(_) if relay.client_quit() => break (Outcome::Quit, None),
+                // TLS clients often close without close_notify; rustls reports that as EOF.
+                RelayEnd::Failed(e)
+                    if e.side == Side::Client && e.source.kind() == std::io::ErrorKind::UnexpectedEof =>
+                {
+                    break (Outcome::ClientClosed, None);
+                }
+                RelayEnd::Failed(e) => {
+                    let side = match e.side {
+                        Side::Client => "client",
+                        Side::Server => "server",
+                    };
+                    info!(listener = %self.ctx.listener, client = %self.peer, side, error = %e.source, "relay failed");
+                    break (Outcome::RelayError, None);
+                }
+            }
+        };
+        let moved = relay.moved();
+        self.log.bytes_in += moved.from_client;
+        self.log.bytes_out += moved.to_client;
+        result
+    }
+
+    /// A `COM_CHANGE_USER` in the relay: decided like a login, then sent to the server with a
+    /// forced auth switch (its auth data was computed over flexgate's nonce), and the server's
+    /// exchange relayed. Publishes its login event. An error ends the session.
+    async fn change_user(&mut self, backend: &mut BackendStream, payload: Vec<u8>) -> Result<(), SessionError> {
+        let started = Instant::now();
+        let payload = Zeroizing::new(payload);
+        let deadline = tokio::time::Instant::now() + self.ctx.handshake_timeout;
+        let result = match timeout_at(deadline, self.change_user_exchange(backend, &payload)).await {
+            Ok(r) => r,
+            Err(_) => Err(SessionError::Timeout(self.ctx.handshake_timeout)),
+        };
+        let outcome = match &result {
+            Ok(Exchanged::Accepted) => LoginOutcome::Ok,
+            Ok(Exchanged::Refused { code }) => LoginOutcome::ServerRefused { code: *code },
+            Err(e) => e.login_outcome(),
+        };
+        self.publish(LoginKind::ChangeUser, outcome, started.elapsed());
+        self.buf.zeroize();
+        result.map(|_| ())
+    }
+
+    async fn change_user_exchange(
+        &mut self,
+        backend: &mut BackendStream,
+        payload: &[u8],
+    ) -> Result<Exchanged, SessionError> {
+        // The command was the client's packet 0; the server's answer is its packet 1.
+        self.client_seq = 1;
+        let Some(login) = self.identity.clone() else {
+            return Err(self.backend_protocol("change-user before login".into()));
+        };
+        let caps = login.capabilities;
+        let cu = ChangeUser::parse(payload, caps).map_err(SessionError::ClientMalformed)?;
+        let next = login.changed(&cu);
+        self.log.user = Some(loggable(&next.user, 80));
+        let claim = Claim {
+            kind: LoginKind::ChangeUser,
+            user: &next.user,
+            database: next.database.as_deref(),
+            capabilities: caps,
+        };
+        match admission::decide(&self.ctx.policy(), &Request::Login(self.peer_view(), claim)) {
+            Decision::Authenticate(_) => {}
+            Decision::Refuse(d) => return Err(SessionError::Denied(d)),
+            Decision::Greet => {
+                return Err(self.backend_protocol("admission answered a change-user with a greeting".into()));
+            }
+        }
+        let client_tls = self.log.tls_version.is_some();
+        let (forwarded, exchange) = match self.ctx.greeting {
+            GreetingMode::Flexgate => (
+                Zeroizing::new(handshake::server_change_user(&cu, caps)),
+                AuthExchange::new(handshake::FORCE_SWITCH_PLUGIN, b"", Vec::new(), client_tls, backend.leg()),
+            ),
+            // The client scrambled over the server's own nonce: forward as is.
+            GreetingMode::Server => (
+                Zeroizing::new(payload.to_vec()),
+                AuthExchange::new(
+                    cu.auth_plugin.unwrap_or(b"mysql_native_password"),
+                    cu.auth_response,
+                    Vec::new(),
+                    client_tls,
+                    backend.leg(),
+                ),
+            ),
+        };
+        let exchange = exchange.map_err(SessionError::AuthRefused)?;
+        let mut backend_seq = 0;
+        self.send_backend(backend, &mut backend_seq, &forwarded).await?;
+        drop(forwarded);
+        let r = self.exchange(backend, backend_seq, exchange).await?;
+        if matches!(r, Exchanged::Accepted) {
+            self.identity = Some(next);
+        }
+        Ok(r)
+    }
+
+    fn publish(&self, kind: LoginKind, outcome: LoginOutcome, duration: Duration) {
+        let id = self.identity.as_ref();
+        let (program, client_version) = id.map(Identity::program).unwrap_or_default();
+        self.ctx.events.publish(LoginEvent {
+            at: SystemTime::now(),
+            kind,
+            listener: self.ctx.listener.clone(),
+            client: self.peer,
+            user: self.log.user.clone(),
+            database: id.and_then(|i| i.database.as_deref()).map(|d| loggable(d, 64)),
+            program,
+            client_version,
+            transport: Transport { tls_version: self.log.tls_version, cipher: self.log.cipher },
+            plugin: self.plugin.as_deref().map(|p| loggable(p, 64)),
+            outcome,
+            duration,
+        });
+    }
+
+    /// Sends the ERR packet for `e` if the client can still receive one; returns its code.
+    async fn refuse(&mut self, e: &SessionError) -> Option<u16> {
+        let r = e.refusal()?;
+        let mut out = Vec::with_capacity(16 + r.message.len());
+        write_err(&mut out, self.client_seq, r.code, r.sql_state, &r.message, self.greeted);
+        // Best effort with a short bound: the client may be gone or not reading.
+        let client = self.client.as_mut()?;
+        let sent = tokio::time::timeout(Duration::from_secs(1), async {
+            client.write_all(&out).await?;
+            client.flush().await?;
+            client.shutdown().await
+        })
+        .await;
+        if matches!(sent, Ok(Ok(()))) {
+            self.log.bytes_out += out.len() as u64;
+            // Closing with unread input (the rest of an oversized packet, say) makes the kernel
+            // send RST, and a client that receives RST discards the ERR it has not read yet.
+            // Drain briefly and boundedly so that the client reads its error first.
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let mut sink = [0u8; 8192];
+                let mut left: usize = 1 << 20;
+                while left > 0 {
+                    match client.read(&mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => left = left.saturating_sub(n),
+                    }
+                }
+            })
+            .await;
+        }
+        Some(r.code)
+    }
+
+    fn log_failure(&self, e: &SessionError) {
+        let (listener, peer) = (&self.ctx.listener, self.peer);
+        match (e, e.blame()) {
+            (SessionError::ClientTls(reason), _) => {
+                warn!(listener = %listener, client = %peer, reason = %reason, "client TLS handshake failed");
+            }
+            (_, Blame::Server) => warn!(listener = %listener, client = %peer, error = %e, "backend failure"),
+            (_, Blame::Client | Blame::Policy) => {
+                info!(listener = %listener, client = %peer, error = %e, "client refused");
+            }
+        }
+    }
+
+    /// Reads one client packet into `buf`, checking size and sequence id. Bytes the relay read
+    /// ahead come first.
+    async fn read_client(&mut self) -> Result<(), SessionError> {
+        let client = self.client.as_mut().ok_or_else(|| SessionError::ClientGone("connection closed".into()))?;
+        let read = if self.input.is_empty() {
+            read_packet(client, &mut self.buf, MAX_PRE_AUTH_PAYLOAD).await
+        } else {
+            let ahead = std::mem::take(&mut self.input);
+            let mut chained = (&ahead[..]).chain(client);
+            let r = read_packet(&mut chained, &mut self.buf, MAX_PRE_AUTH_PAYLOAD).await;
+            self.input = chained.into_inner().0.to_vec();
+            r
+        };
+        let header = read.map_err(|e| match e {
+            ReadError::Closed => SessionError::ClientGone("closed the connection".into()),
+            ReadError::TooLarge { error, seq } => {
+                // The ERR answers the refused packet, so it carries the next sequence id.
+                self.client_seq = seq.wrapping_add(1);
+                SessionError::ClientTooLarge(error)
+            }
+            ReadError::Io(e) => SessionError::ClientGone(e.to_string()),
+        })?;
+        self.log.bytes_in += (header.len + 4) as u64;
+        if header.seq != self.client_seq {
+            let expected = self.client_seq;
+            self.client_seq = header.seq.wrapping_add(1);
+            return Err(SessionError::ClientOutOfOrder { expected, got: header.seq });
+        }
+        self.client_seq = self.client_seq.wrapping_add(1);
+        Ok(())
+    }
+
+    async fn read_backend(&mut self, backend: &mut BackendStream, seq: &mut u8) -> Result<(), SessionError> {
+        let header = read_packet(backend, &mut self.buf, MAX_PRE_AUTH_PAYLOAD)
+            .await
+            .map_err(|e| backend_read_error(&self.ctx.backend, e))?;
+        if header.seq != *seq {
+            return Err(self.backend_protocol(format!("sequence id {}, expected {}", header.seq, seq)));
+        }
+        *seq = seq.wrapping_add(1);
+        Ok(())
+    }
+
+    async fn write_client(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+        let client = self.client.as_mut().ok_or_else(|| SessionError::ClientGone("connection closed".into()))?;
+        write_flush(client, bytes).await.map_err(|e| SessionError::ClientGone(e.to_string()))?;
+        self.log.bytes_out += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Relays the server packet in `buf` to the client, as the next packet of the client's leg.
+    async fn relay_to_client(&mut self) -> Result<(), SessionError> {
+        let packet = framed(self.client_seq, &self.buf);
+        self.client_seq = self.client_seq.wrapping_add(1);
+        self.write_client(&packet).await
+    }
+
+    /// Relays the ERR a server sent instead of its greeting to a client that has sent its
+    /// login: at the client's sequence id, and in the 4.1 format it expects (the server wrote
+    /// it for a client it knew nothing about). SQLSTATE 08004, as MySQL Router does.
+    async fn relay_server_err(&mut self) -> Result<(), SessionError> {
+        let (code, state, message) = match ErrPacket::parse(&self.buf) {
+            Ok(e) => {
+                let mut state = *codes::STATE_AUTH_MODE;
+                if let Some(s) = e.sql_state.and_then(|s| <[u8; 5]>::try_from(s).ok()) {
+                    state = s;
+                }
+                (e.code, state, String::from_utf8_lossy(e.message).into_owned())
+            }
+            Err(_) => return Err(self.backend_protocol("malformed ERR instead of a greeting".into())),
+        };
+        let mut out = Vec::with_capacity(16 + message.len());
+        write_err(&mut out, self.client_seq, code, &state, &message, true);
+        self.client_seq = self.client_seq.wrapping_add(1);
+        self.write_client(&out).await
+    }
+
+    /// Sends `payload` as the next packet of the server's leg. The framed copy is zeroed on
+    /// drop: auth packets carry password-derived bytes.
+    async fn send_backend(
+        &self,
+        backend: &mut BackendStream,
+        seq: &mut u8,
+        payload: &[u8],
+    ) -> Result<(), SessionError> {
+        let packet = Zeroizing::new(framed(*seq, payload));
+        *seq = seq.wrapping_add(1);
+        write_flush(backend, &packet).await.map_err(|e| SessionError::BackendLost {
+            backend: self.ctx.backend.label().to_owned(),
+            detail: e.to_string(),
+        })
+    }
+
+    fn backend_error(&self, e: BackendError) -> SessionError {
+        backend_error(&self.ctx.backend, e)
+    }
+
+    fn backend_protocol(&self, detail: String) -> SessionError {
+        SessionError::BackendProtocol { backend: self.ctx.backend.label().to_owned(), detail }
+    }
+}
+
+/// Connects to the server and reads its greeting (or the ERR it sends instead), leaving the
+/// payload in `buf`. Every greeting refreshes the profile.
+async fn dial(backend: &Backend, profile: &ProfileCell, buf: &mut Vec<u8>) -> Result<Dialled, SessionError> {
+    let mut stream = backend.dial().await.map_err(|e| backend_error(backend, e))?;
+    // A server that accepts but never greets is as unavailable as one that refuses.
+    let limit = backend.connect_timeout();
+    let header = tokio::time::timeout(limit, read_packet(&mut stream, buf, MAX_PRE_AUTH_PAYLOAD))
+        .await
+        .map_err(|_| backend_error(backend, BackendError::Timeout(limit)))?
+        .map_err(|e| backend_read_error(backend, e))?;
+    let protocol = |detail: String| SessionError::BackendProtocol { backend: backend.label().to_owned(), detail };
+    if header.seq != 0 {
+        return Err(protocol(format!("greeting has sequence id {}", header.seq)));
+    }
+    if buf.first() == Some(&0xff) {
+        let code = ErrPacket::parse(buf).map(|e| e.code).unwrap_or(0);
+        return Ok(Dialled::Refused { code });
+    }
+    let g = Greeting::parse(buf).map_err(|e| protocol(format!("greeting: {e}")))?;
+    if profile.observe(&g) {
+        info!(
+            backend = backend.label(),
+            version = %String::from_utf8_lossy(g.server_version),
+            capabilities = ?g.capabilities,
+            "server profile learned"
+        );
+    }
+    Ok(Dialled::Live(Live {
+        stream,
+        capabilities: g.capabilities,
+        mariadb_capabilities: g.mariadb_capabilities,
+        thread_id: g.connection_id,
+        nonce: g.nonce(),
+    }))
+}
+
+/// Learns the server profile from one connection, then closes it. The server counts it as
+/// an aborted handshake from flexgate's address; this runs once at startup.
+pub async fn probe(backend: &Backend, profile: &ProfileCell) -> Result<(), SessionError> {
+    let mut buf = Vec::new();
+    match dial(backend, profile, &mut buf).await? {
+        Dialled::Live(_) => Ok(()),
+        Dialled::Refused { code } => {
+            debug!(code, "server refused the profile probe");
+            Err(SessionError::BackendLost {
+                backend: backend.label().to_owned(),
+                detail: format!("the server sent ERR {code} instead of a greeting"),
+            })
+        }
+    }
+}
+
+/// A 20-byte nonce from the CSPRNG, each byte in 1..=127 as MySQL's own: a NUL would end
+/// the greeting's nonce field early for some clients.
+fn new_nonce() -> Result<[u8; NONCE_LEN], SessionError> {
+    use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+    let mut nonce = [0u8; NONCE_LEN];
+    SystemRandom::new().fill(&mut nonce).map_err(|_| SessionError::BackendProtocol {
+        backend: "-".into(),
+        detail: "the system CSPRNG failed".into(),
+    })?;
+    for b in &mut nonce {
+        *b = (*b & 0x7f).max(1);
+    }
+    Ok(nonce)
+}
+
+fn backend_error(backend: &Backend, e: BackendError) -> SessionError {
+    let backend = backend.label().to_owned();
+    match e {
+        BackendError::Unreachable(source) => SessionError::BackendUnreachable { backend, source },
+        BackendError::Timeout(after) => SessionError::BackendTimeout { backend, after },
+        BackendError::Tls(detail) => SessionError::BackendTls { backend, detail },
+    }
+}
+
+fn backend_read_error(backend: &Backend, e: ReadError) -> SessionError {
+    let backend = backend.label().to_owned();
+    match e {
+        ReadError::Closed => SessionError::BackendLost { backend, detail: "connection closed".into() },
+        ReadError::Io(e) => SessionError::BackendLost { backend, detail: e.to_string() },
+        ReadError::TooLarge { error, .. } => SessionError::BackendProtocol { backend, detail: error.to_string() },
+    }
+}
+
+/// A packet with `payload` and sequence id `seq`.
+fn framed(seq: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 4);
+    crate::protocol::write_packet(&mut out, seq, payload);
+    out
+}
+
+async fn write_flush<S: AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    s.write_all(bytes).await?;
+    s.flush().await
+}
