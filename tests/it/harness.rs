@@ -14,7 +14,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use flexgate::config::Config;
+use flexgate::events::LoginEvent;
 use flexgate::metrics::Metrics;
+use flexgate::profile::ProfileCell;
+use flexgate::registry::SessionRegistry;
 use flexgate::server::Proxy;
 use tokio_util::sync::CancellationToken;
 
@@ -76,6 +79,8 @@ pub struct MariaDb {
     pub socket: PathBuf,
     pub dir: PathBuf,
     pub certs: Certs,
+    /// Server options after the harness's own (mariadbd takes the last of a repeated option).
+    extra: Vec<String>,
     watchdog: Option<(Child, ChildStdin)>,
 }
 
@@ -109,6 +114,15 @@ pub fn free_port() -> u16 {
 impl MariaDb {
     /// Initialises a datadir in `dir` and starts mariadbd on a free port.
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// A private server with options of its own, such as `--max-connections=151`.
+    pub fn start_private(prefix: &str, extra: &[&str]) -> Self {
+        Self::start_with(&tempdir_path(prefix), extra)
+    }
+
+    fn start_with(dir: &Path, extra: &[&str]) -> Self {
         require_tool("mariadbd", "apt-get install -y mariadb-server");
         require_tool("mariadb", "apt-get install -y mariadb-client");
         let data = dir.join("data");
@@ -120,7 +134,14 @@ impl MariaDb {
             .unwrap_or_else(|e| panic!("mariadb-install-db: {e}; install it with: apt-get install -y mariadb-server"));
         assert!(out.status.success(), "mariadb-install-db failed: {}", String::from_utf8_lossy(&out.stderr));
         let certs = make_certs(dir);
-        let mut db = Self { port: 0, socket: dir.join("mysqld.sock"), dir: dir.to_path_buf(), certs, watchdog: None };
+        let mut db = Self {
+            port: 0,
+            socket: dir.join("mysqld.sock"),
+            dir: dir.to_path_buf(),
+            certs,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            watchdog: None,
+        };
         db.launch();
         db
     }
@@ -154,6 +175,7 @@ impl MariaDb {
                 "--skip-log-bin".into(),
             ];
             let mut args = args;
+            args.extend(self.extra.iter().cloned());
             args.extend(user_arg());
             // The shell runs mariadbd and kills it when our end of its stdin closes, i.e. when
             // this process exits however it exits.
@@ -225,6 +247,16 @@ impl MariaDb {
 
     /// Runs SQL as root over the Unix socket; panics on failure. Returns stdout.
     pub fn root_sql(&self, sql: &str) -> String {
+        self.root_sql_checked(sql)
+    }
+
+    /// A server status variable, such as `Threads_connected` or `Aborted_connects`.
+    pub fn status(&self, name: &str) -> u64 {
+        let out = self.root_sql(&format!("SHOW GLOBAL STATUS LIKE '{name}'"));
+        out.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("status {name}: {out}"))
+    }
+
+    fn root_sql_checked(&self, sql: &str) -> String {
         let out = self.root_sql_try(sql).unwrap_or_else(|e| panic!("mariadb: {e}"));
         assert!(out.status.success(), "root SQL failed: {sql}\n{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -256,6 +288,8 @@ pub struct ProxyConfig {
     pub handshake_timeout: &'static str,
     pub backend_tls: Option<String>,
     pub tls: bool,
+    /// The listener's `greeting`: "flexgate" (the default) or "server".
+    pub greeting: &'static str,
 }
 
 impl ProxyConfig {
@@ -267,7 +301,13 @@ impl ProxyConfig {
             handshake_timeout: "10s",
             backend_tls: None,
             tls: true,
+            greeting: "flexgate",
         }
+    }
+
+    /// The same settings with the server's greeting relayed (dial at accept).
+    pub fn server_greeting(self) -> Self {
+        Self { greeting: "server", ..self }
     }
 
     pub fn toml(&self, certs: &Certs) -> String {
@@ -280,8 +320,8 @@ impl ProxyConfig {
             t.push_str(&format!("cert = \"{}\"\nkey = \"{}\"\n", certs.cert.display(), certs.key.display()));
         }
         t.push_str(&format!(
-            "min_version = \"{}\"\nrequire_secure_transport = {}\n[[listener]]\nname = \"test\"\naddress = \"127.0.0.1:0\"\nhandshake_timeout = \"{}\"\n",
-            self.min_version, self.require_secure_transport, self.handshake_timeout
+            "min_version = \"{}\"\nrequire_secure_transport = {}\n[[listener]]\nname = \"test\"\naddress = \"127.0.0.1:0\"\nhandshake_timeout = \"{}\"\ngreeting = \"{}\"\n",
+            self.min_version, self.require_secure_transport, self.handshake_timeout, self.greeting
         ));
         t
     }
@@ -298,21 +338,50 @@ impl ProxyConfig {
         let bound = proxy.bind().await.unwrap_or_else(|e| panic!("bind: {e}"));
         let addr = bound.local_addrs()[0].1;
         let metrics = bound.metrics();
+        let events = bound.events().subscribe();
+        let profile = bound.profile();
+        let registry = bound.registry();
         let shutdown = CancellationToken::new();
         tokio::spawn(bound.serve(shutdown.clone(), Duration::from_secs(1)));
-        RunningProxy { addr, metrics, shutdown }
+        RunningProxy { addr, metrics, events: tokio::sync::Mutex::new(events), profile, registry, shutdown }
     }
 }
 
 pub struct RunningProxy {
     pub addr: SocketAddr,
     pub metrics: Arc<Metrics>,
+    /// Login events from the moment the proxy was built.
+    pub events: tokio::sync::Mutex<tokio::sync::broadcast::Receiver<Arc<LoginEvent>>>,
+    pub profile: Arc<ProfileCell>,
+    pub registry: Arc<SessionRegistry>,
     shutdown: CancellationToken,
 }
 
 impl RunningProxy {
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// The next login event matching `f`, skipping others; fails after 10 s.
+    pub async fn next_event(&self, what: &str, f: impl Fn(&LoginEvent) -> bool) -> Arc<LoginEvent> {
+        let mut rx = self.events.lock().await;
+        let wait = async {
+            loop {
+                match rx.recv().await {
+                    Ok(e) if f(&e) => return e,
+                    Ok(_) => {}
+                    Err(e) => panic!("login events: {e}"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no login event: {what}"))
+    }
+
+    /// Waits (bounded) until the startup probe has learned the server profile.
+    pub async fn profile_learned(&self) {
+        eventually("server profile learned", || self.profile.load().is_some()).await;
     }
 }
 
@@ -412,5 +481,11 @@ pub async fn eventually(what: &str, f: impl Fn() -> bool) {
     while !f() {
         assert!(Instant::now() < until, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -4,8 +4,13 @@ mod harness;
 
 mod backend;
 mod bounds;
+mod change_user;
 mod cli;
 mod data;
+mod isolation;
+mod kill;
 mod login;
+mod outcomes;
+mod server_greeting;
 mod sha2_rsa;
 mod tls;
