@@ -4,6 +4,11 @@
 //! caching_sha2_password), so a scripted server replays the documented exchange byte for byte
 //! (mysql-server `sql/auth/sha2_password.cc`, "caching_sha2_authentication_exchanges") and
 //! records what it receives. The client is real: PyMySQL over TLS to flexgate.
+//!
+//! flexgate greets the client itself, so the scripted server first sees flexgate's startup
+//! probe (a connection that closes after the greeting), then a HandshakeResponse without auth
+//! data under a plugin name no account uses. It answers, as MySQL does, with an auth switch to
+//! caching_sha2_password carrying a fresh nonce, and the client's scramble must be over that.
 
 use std::time::Duration;
 
@@ -17,11 +22,16 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::harness::*;
 
 const NONCE: [u8; 20] = [6, 81, 96, 114, 14, 42, 50, 30, 76, 47, 1, 95, 126, 81, 62, 94, 83, 80, 52, 85];
+/// The nonce of the scripted server's auth switch (MySQL makes one per caching_sha2 round).
+const SWITCH_NONCE: [u8; 20] = [33, 5, 17, 99, 120, 7, 64, 45, 2, 88, 91, 13, 27, 101, 56, 70, 3, 44, 119, 61];
 const USER: &str = "app";
 
 /// What the scripted server received.
 #[derive(Debug, Default)]
 struct Transcript {
+    /// The server received no auth data and the forced-switch plugin name.
+    forced_switch: bool,
+    /// The client's scramble was over the switch's nonce.
     scramble_ok: bool,
     /// Every client packet after the HandshakeResponse, in order.
     packets: Vec<Vec<u8>>,
@@ -87,28 +97,39 @@ async fn serve_one(
     script: Script,
 ) -> Result<Transcript, String> {
     let fast = script == Script::FastAuth;
-    let (mut s, _) = listener.accept().await.map_err(|e| e.to_string())?;
+    // The first connection that closes after the greeting is flexgate's profile probe.
+    let (mut s, resp) = loop {
+        let (mut s, _) = listener.accept().await.map_err(|e| e.to_string())?;
+        write(&mut s, 0, &greeting()).await?;
+        if let Ok(resp) = read(&mut s, 1).await {
+            break (s, resp);
+        }
+    };
     let mut t = Transcript::default();
-    write(&mut s, 0, &greeting()).await?;
-    let resp = read(&mut s, 1).await?;
     let parsed = flexgate::protocol::HandshakeResponse::parse(&resp).map_err(|e| e.to_string())?;
-    if parsed.username != USER.as_bytes() || parsed.auth_plugin != Some(&b"caching_sha2_password"[..]) {
+    if parsed.username != USER.as_bytes() {
         return Err(format!("unexpected response {parsed:?}"));
     }
+    t.forced_switch = parsed.auth_response.is_empty() && parsed.auth_plugin == Some(&b"flexgate_switch_me"[..]);
     if parsed.capabilities.contains(Capabilities::SSL) {
         return Err("CLIENT_SSL set on a plaintext server leg".into());
     }
-    let expected = mysql_common::scramble::scramble_sha256(&NONCE, PASSWORD.as_bytes()).unwrap_or_default();
-    t.scramble_ok = parsed.auth_response == expected;
+    let mut switch = b"\xfecaching_sha2_password\0".to_vec();
+    switch.extend_from_slice(&SWITCH_NONCE);
+    switch.push(0);
+    write(&mut s, 2, &switch).await?;
+    let scramble = read(&mut s, 3).await?;
+    let expected = mysql_common::scramble::scramble_sha256(&SWITCH_NONCE, PASSWORD.as_bytes()).unwrap_or_default();
+    t.scramble_ok = scramble == expected;
     if fast {
-        write(&mut s, 2, &[0x01, 0x03]).await?;
-        write(&mut s, 3, &OK).await?;
+        write(&mut s, 4, &[0x01, 0x03]).await?;
+        write(&mut s, 5, &OK).await?;
         command_phase(&mut s).await;
         return Ok(t);
     }
     // perform_full_authentication
-    write(&mut s, 2, &[0x01, 0x04]).await?;
-    let p = read(&mut s, 3).await?;
+    write(&mut s, 4, &[0x01, 0x04]).await?;
+    let p = read(&mut s, 5).await?;
     t.packets.push(p.clone());
     if p != [0x02] {
         // Anything but a key request means the password was sent in the clear; stop here.
@@ -117,20 +138,20 @@ async fn serve_one(
     let mut more = vec![0x01];
     if script == Script::FullAuthBadKey {
         more.extend_from_slice(b"-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n");
-        write(&mut s, 4, &more).await?;
-        let _ = tokio::time::timeout(Duration::from_secs(5), read(&mut s, 5)).await;
+        write(&mut s, 6, &more).await?;
+        let _ = tokio::time::timeout(Duration::from_secs(5), read(&mut s, 7)).await;
         return Ok(t);
     }
     more.extend_from_slice(pem.as_bytes());
-    write(&mut s, 4, &more).await?;
-    let ciphertext = read(&mut s, 5).await?;
+    write(&mut s, 6, &more).await?;
+    let ciphertext = read(&mut s, 7).await?;
     t.packets.push(ciphertext.clone());
     let oaep = OaepPrivateDecryptingKey::new(key).map_err(|e| e.to_string())?;
     let mut plain = vec![0u8; oaep.min_output_size()];
     let plain =
         oaep.decrypt(&OAEP_SHA1_MGF1SHA1, &ciphertext, &mut plain, None).map_err(|e| format!("decrypt: {e}"))?;
-    t.decrypted = Some(plain.iter().zip(NONCE.iter().cycle()).map(|(a, b)| a ^ b).collect());
-    write(&mut s, 6, &OK).await?;
+    t.decrypted = Some(plain.iter().zip(SWITCH_NONCE.iter().cycle()).map(|(a, b)| a ^ b).collect());
+    write(&mut s, 8, &OK).await?;
     command_phase(&mut s).await;
     Ok(t)
 }
@@ -176,7 +197,8 @@ async fn login_through_flexgate(script: Script) -> (String, Transcript) {
 async fn caching_sha2_full_auth_over_plaintext_backend_uses_rsa_scripted_peer() {
     let (out, t) = login_through_flexgate(Script::FullAuth).await;
     assert_eq!(out.trim(), "logged in TLSv1.3");
-    assert!(t.scramble_ok, "the client's fast-auth scramble was not relayed intact");
+    assert!(t.forced_switch, "the server must get no auth data and the forced-switch plugin");
+    assert!(t.scramble_ok, "the client's fast-auth scramble was not over the switch's nonce");
     // The cleartext password the client sent over TLS never reached the plaintext leg:
     // flexgate asked for the key (0x02) and sent only ciphertext.
     assert_eq!(t.packets.first().map(Vec::as_slice), Some(&[0x02u8][..]), "first packet after 01 04");
@@ -191,7 +213,8 @@ async fn caching_sha2_full_auth_over_plaintext_backend_uses_rsa_scripted_peer() 
 async fn caching_sha2_fast_auth_scripted_peer() {
     let (out, t) = login_through_flexgate(Script::FastAuth).await;
     assert_eq!(out.trim(), "logged in TLSv1.3");
-    assert!(t.scramble_ok);
+    assert!(t.forced_switch);
+    assert!(t.scramble_ok, "PyMySQL's scramble after the switch was not over the switch's nonce");
     assert!(t.packets.is_empty(), "no client packet is expected after fast-auth success");
 }
 
