@@ -338,6 +338,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         let response = HandshakeResponse::parse(&self.buf).map_err(SessionError::ClientMalformed)?;
         let identity = Identity::from_response(&response);
         self.log.user = Some(loggable(&identity.user, 80));
+        self.identity = Some(identity.clone());
         let raw = match self.ctx.greeting {
             GreetingMode::Server => Some(Zeroizing::new(std::mem::take(&mut self.buf))),
             GreetingMode::Flexgate => {
@@ -376,10 +377,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
             capabilities: i.identity.capabilities,
         };
         match admission::decide(&self.ctx.policy(), &Request::Login(self.peer_view(), claim)) {
-            Decision::Authenticate(_) => {
-                self.identity = Some(i.identity.clone());
-                Ok(Phase::Admitted(i))
-            }
+            Decision::Authenticate(_) => Ok(Phase::Admitted(i)),
             Decision::Refuse(d) => Err(SessionError::Denied(d)),
             Decision::Greet => Err(self.backend_protocol("admission answered a login with a greeting".into())),
         }
