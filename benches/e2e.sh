@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end benchmark of flexgate against a direct MariaDB connection and
 # HAProxy in TCP mode, with sysbench (throughput, p99 latency) and a
-# connection-rate loop (connect, TLS, login, SELECT 1, close).
+# connection-rate loop (connect, TLS, login, SELECT 1, close). With
+# FLEXGATE_BASE_BIN it also runs an older flexgate binary beside the current
+# one, so a before/after comparison comes from one invocation.
 #
 # Everything runs on 127.0.0.1 in a throwaway temp dir and is torn down on exit.
 # See benches/README.md for the knobs and for how to read the output.
@@ -9,6 +11,8 @@
 # Usage:  benches/e2e.sh                       # full run (~20 min)
 #         QUICK=1 benches/e2e.sh               # smoke test (~2 min)
 #         PATHS=direct,haproxy QUICK=1 benches/e2e.sh
+#         FLEXGATE_BASE_BIN=/path/to/old/flexgate \
+#           PATHS=haproxy,flexgate,flexgate-base,direct-tls,flexgate-tls,flexgate-base-tls benches/e2e.sh
 set -euo pipefail
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
@@ -42,6 +46,9 @@ SYSBENCH_EXTRA=${SYSBENCH_EXTRA:-}  # extra sysbench options, e.g. --db-ps-mode=
 PYTHON=${PYTHON:-/usr/bin/python3}  # Debian's python3, where apt's python3-pymysql lives
 OUT=${OUT:-$REPO_ROOT/target/bench-e2e/$(date +%Y%m%d-%H%M%S)}
 FLEXGATE_BIN=${FLEXGATE_BIN:-}
+# A baseline (older) flexgate binary for before/after comparisons in one run:
+# the flexgate-base and flexgate-base-tls paths go through it.
+FLEXGATE_BASE_BIN=${FLEXGATE_BASE_BIN:-}
 DB_USER=sbtest
 DB_PASS=sbtest
 DB_NAME=sbtest
@@ -81,6 +88,23 @@ path_selected() {
   [[ ",$PATHS," == *",$1,"* ]]
 }
 
+# True if any of the given paths is selected.
+any_path_selected() {
+  local p
+  for p in "$@"; do
+    path_selected "$p" && return 0
+  done
+  return 1
+}
+
+any_tls_path_selected() {
+  local p
+  for p in ${PATHS//,/ }; do
+    [[ $p == *-tls ]] && return 0
+  done
+  return 1
+}
+
 # --------------------------------------------------------------- cleanup --
 
 WORK=""
@@ -88,6 +112,7 @@ declare -a STARTED_PIDS=()   # every long-running process we started, for the tr
 MARIADB_PID=""
 HAPROXY_PID=""
 FLEXGATE_PID=""
+FLEXGATE_BASE_PID=""
 FAILED_RUNS=0
 CHILD_PID=""                 # the sysbench / Python client currently running
 SB_DIR=""                    # sysbench cwd, holding the certs it loads by fixed name
@@ -181,8 +206,9 @@ ensure_packages() {
 
 # Builds flexgate in release mode unless FLEXGATE_BIN points at a binary, and
 # only when a flexgate path is selected (direct/haproxy runs need no build).
+# The baseline is never built (see check_base_bin).
 resolve_flexgate() {
-  if ! path_selected flexgate && ! path_selected flexgate-tls; then
+  if ! any_path_selected flexgate flexgate-tls; then
     return 0
   fi
   if [[ -z $FLEXGATE_BIN ]]; then
@@ -192,6 +218,20 @@ resolve_flexgate() {
     FLEXGATE_BIN=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/flexgate
   fi
   [[ -x $FLEXGATE_BIN ]] || die "FLEXGATE_BIN '$FLEXGATE_BIN' is not an executable file"
+}
+
+# The baseline is an older build, by definition not the work tree's, so it
+# must be given. Checked before anything is installed or started: a typo in
+# the path should not cost a package install and a MariaDB start-up.
+check_base_bin() {
+  if any_path_selected flexgate-base flexgate-base-tls; then
+    [[ -n $FLEXGATE_BASE_BIN ]] \
+      || die "PATHS has flexgate-base/flexgate-base-tls, which run the baseline binary: set FLEXGATE_BASE_BIN to an older flexgate binary, or drop them from PATHS"
+    [[ -f $FLEXGATE_BASE_BIN && -x $FLEXGATE_BASE_BIN ]] \
+      || die "FLEXGATE_BASE_BIN '$FLEXGATE_BASE_BIN' is not an executable file"
+  elif [[ -n $FLEXGATE_BASE_BIN ]]; then
+    warn "FLEXGATE_BASE_BIN is set but PATHS has neither flexgate-base nor flexgate-base-tls: the baseline will not run"
+  fi
 }
 
 # ---------------------------------------------------------------- ports --
@@ -339,8 +379,12 @@ EOF
 
 # One flexgate listener serves both the plaintext and the TLS path: the
 # client decides whether to upgrade, exactly as with MariaDB itself.
-start_flexgate() {
-  cat >"$WORK/flexgate.toml" <<EOF
+# Writes the config for a listener on port $2 to file $1. The baseline gets
+# the same config (only the port differs), so a before/after difference is
+# the binary's, not the setup's.
+write_flexgate_config() {
+  local file=$1 port=$2
+  cat >"$file" <<EOF
 [backend]
 address = "127.0.0.1:$DB_PORT"
 connect_timeout = "5s"
@@ -353,17 +397,29 @@ require_secure_transport = false
 
 [[listener]]
 name = "bench"
-address = "127.0.0.1:$FG_PORT"
+address = "127.0.0.1:$port"
 EOF
+}
+
+# Starts one flexgate process: name (also the stem of its .toml and .log in
+# the work dir, which cleanup copies to logs/), binary, port; sets the
+# variable named by $4 to its pid.
+start_flexgate_proc() {
+  local name=$1 bin=$2 port=$3 pid_var=$4 pid
+  write_flexgate_config "$WORK/$name.toml" "$port"
   # Quiet logging: per-connection info lines would tax the connection-rate test,
   # and HAProxy logs nothing here either.
-  FLEXGATE_LOG=${FLEXGATE_LOG:-warn} "$FLEXGATE_BIN" run --config "$WORK/flexgate.toml" \
-    >"$WORK/flexgate.log" 2>&1 &
-  FLEXGATE_PID=$!
-  STARTED_PIDS+=("$FLEXGATE_PID")
-  wait_for_tcp "$FG_PORT" "$FLEXGATE_PID" flexgate "$WORK/flexgate.log"
-  log "flexgate up on 127.0.0.1:$FG_PORT (pid $FLEXGATE_PID, $FLEXGATE_BIN)"
+  FLEXGATE_LOG=${FLEXGATE_LOG:-warn} "$bin" run --config "$WORK/$name.toml" \
+    >"$WORK/$name.log" 2>&1 &
+  pid=$!
+  STARTED_PIDS+=("$pid")
+  printf -v "$pid_var" '%s' "$pid"
+  wait_for_tcp "$port" "$pid" "$name" "$WORK/$name.log"
+  log "$name up on 127.0.0.1:$port (pid $pid, $bin)"
 }
+
+start_flexgate() { start_flexgate_proc flexgate "$FLEXGATE_BIN" "$FG_PORT" FLEXGATE_PID; }
+start_flexgate_base() { start_flexgate_proc flexgate-base "$FLEXGATE_BASE_BIN" "$FGB_PORT" FLEXGATE_BASE_PID; }
 
 # ---------------------------------------------------------------- paths --
 
@@ -372,15 +428,28 @@ path_port() {
     direct | direct-tls) echo "$DB_PORT" ;;
     haproxy | haproxy-tls) echo "$HAP_PORT" ;;
     flexgate | flexgate-tls) echo "$FG_PORT" ;;
+    flexgate-base | flexgate-base-tls) echo "$FGB_PORT" ;;
     *) die "unknown path '$1'" ;;
   esac
 }
 
+# flexgate-base* must come before flexgate*, which would match it too.
 path_proxy_pid() {
   case $1 in
     haproxy*) echo "$HAPROXY_PID" ;;
+    flexgate-base*) echo "$FLEXGATE_BASE_PID" ;;
     flexgate*) echo "$FLEXGATE_PID" ;;
     *) echo "" ;;
+  esac
+}
+
+# The proxy's CPU ticks in the last cpu_delta for a path (0 for direct paths).
+path_proxy_ticks() {
+  case $1 in
+    haproxy*) echo "$D_HAPROXY" ;;
+    flexgate-base*) echo "$D_FLEXGATE_BASE" ;;
+    flexgate*) echo "$D_FLEXGATE" ;;
+    *) echo 0 ;;
   esac
 }
 
@@ -425,7 +494,7 @@ proc_ticks() {
   return 0
 }
 
-# Sets SNAP=(proc_busy total irq steal server haproxy flexgate self).
+# Sets SNAP=(proc_busy total irq steal server haproxy flexgate flexgate_base self).
 # "self" is this script plus every child it has waited for: sysbench and the
 # Python client are counted there once they exit.
 cpu_snapshot() {
@@ -436,18 +505,21 @@ cpu_snapshot() {
   proc_ticks "$MARIADB_PID"; SNAP+=("$PROC_TICKS")
   proc_ticks "$HAPROXY_PID"; SNAP+=("$PROC_TICKS")
   proc_ticks "$FLEXGATE_PID"; SNAP+=("$PROC_TICKS")
+  proc_ticks "$FLEXGATE_BASE_PID"; SNAP+=("$PROC_TICKS")
   proc_ticks $$ all; SNAP+=("$PROC_TICKS")
 }
 
 # From snapshots SNAP0 (start) and SNAP1 (end) sets, in hundredths of a percent
-# of all CPUs: D_OTHER D_IRQ D_STEAL; in ticks: D_SERVER D_HAPROXY D_FLEXGATE D_SELF.
+# of all CPUs: D_OTHER D_IRQ D_STEAL; in ticks: D_SERVER D_HAPROXY D_FLEXGATE
+# D_FLEXGATE_BASE D_SELF. The baseline is a process under test, not "other".
 SNAP=() SNAP0=() SNAP1=()
 cpu_delta() {
   local -a a=("${SNAP0[@]}") b=("${SNAP1[@]}")
   local total=$((b[1] - a[1]))
   ((total > 0)) || total=1
-  D_SERVER=$((b[4] - a[4])) D_HAPROXY=$((b[5] - a[5])) D_FLEXGATE=$((b[6] - a[6])) D_SELF=$((b[7] - a[7]))
-  local other=$((b[0] - a[0] - D_SERVER - D_HAPROXY - D_FLEXGATE - D_SELF))
+  D_SERVER=$((b[4] - a[4])) D_HAPROXY=$((b[5] - a[5])) D_FLEXGATE=$((b[6] - a[6]))
+  D_FLEXGATE_BASE=$((b[7] - a[7])) D_SELF=$((b[8] - a[8]))
+  local other=$((b[0] - a[0] - D_SERVER - D_HAPROXY - D_FLEXGATE - D_FLEXGATE_BASE - D_SELF))
   ((other > 0)) || other=0
   D_OTHER=$((other * 10000 / total))
   D_IRQ=$(((b[2] - a[2]) * 10000 / total))
@@ -610,9 +682,8 @@ run_sysbench() {
     warn "$workload t=$threads rep=$rep $path FAILED; last lines of $raw:"
     tail -n 5 "$raw" >&2 || true
   fi
-  local proxy_ticks=0
-  [[ $proxy_pid == "$HAPROXY_PID" && -n $proxy_pid ]] && proxy_ticks=$D_HAPROXY
-  [[ $proxy_pid == "$FLEXGATE_PID" && -n $proxy_pid ]] && proxy_ticks=$D_FLEXGATE
+  local proxy_ticks
+  proxy_ticks=$(path_proxy_ticks "$path")
 
   printf '%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n' \
     "$(date -u +%FT%TZ)" "$workload" "$threads" "$rep" "$order" "$path" "$DURATION" "$status" \
@@ -620,7 +691,7 @@ run_sysbench() {
     "$(fmt_centi "$pre_other")" "$(fmt_centi "$D_OTHER")" "$(fmt_centi "$D_IRQ")" "$(fmt_centi "$D_STEAL")" \
     "$NOISY" "$(ticks_to_secs "$D_SERVER")" "$(ticks_to_secs "$proxy_ticks")" \
     "$(ticks_to_secs "$D_SELF")" "${PERF_INSTR:-}" >>"$RUNS_CSV"
-  printf '  %-17s t=%-2s rep=%s %-12s QPS %9s  p99 %7s ms  other-CPU %5s%% (before %s%%)%s\n' \
+  printf '  %-17s t=%-2s rep=%s %-17s QPS %9s  p99 %7s ms  other-CPU %5s%% (before %s%%)%s\n' \
     "$workload" "$threads" "$rep" "$path" "${qps:--}" "${p99:--}" "$(fmt_centi "$D_OTHER")" \
     "$(fmt_centi "$pre_other")" "$([[ $status == ok ]] || echo "  FAILED")" >&2
 }
@@ -731,10 +802,9 @@ PY
 
 run_connrate() {
   local rep=$1 order=$2 path=$3
-  local port ca="" proxy_pid raw
+  local port ca="" raw
   port=$(path_port "$path")
   path_is_tls "$path" && ca=$WORK/certs/ca.pem
-  proxy_pid=$(path_proxy_pid "$path")
   raw=$OUT/raw/connrate-r$rep-$path.json
   local -a ca_arg=()
   [[ -n $ca ]] && ca_arg=(--ca "$ca")
@@ -761,15 +831,14 @@ print(d.get("conns",""), d.get("errors",""), d.get("rate",""), d.get("tls") or "
     FAILED_RUNS=$((FAILED_RUNS + 1))
     warn "connrate rep=$rep $path FAILED: $(tail -c 400 "$raw")"
   fi
-  local proxy_ticks=0
-  [[ $proxy_pid == "$HAPROXY_PID" && -n $proxy_pid ]] && proxy_ticks=$D_HAPROXY
-  [[ $proxy_pid == "$FLEXGATE_PID" && -n $proxy_pid ]] && proxy_ticks=$D_FLEXGATE
+  local proxy_ticks
+  proxy_ticks=$(path_proxy_ticks "$path")
   printf '%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n' \
     "$(date -u +%FT%TZ)" "$rep" "$order" "$path" "$CONNRATE_SECS" "$CONNRATE_WORKERS" "$status" \
     "${conns:-}" "${errors:-}" "${rate:-}" "${tls:-}" \
     "$(fmt_centi "$pre_other")" "$(fmt_centi "$D_OTHER")" "$NOISY" \
     "$(ticks_to_secs "$D_SERVER")" "$(ticks_to_secs "$proxy_ticks")" >>"$CONN_CSV"
-  printf '  connrate rep=%s %-12s %8s conn/s  errors %s  tls %s  other-CPU %5s%% (before %s%%)%s\n' \
+  printf '  connrate rep=%s %-17s %8s conn/s  errors %s  tls %s  other-CPU %5s%% (before %s%%)%s\n' \
     "$rep" "$path" "${rate:--}" "${errors:--}" "${tls:-?}" "$(fmt_centi "$D_OTHER")" \
     "$(fmt_centi "$pre_other")" "$([[ $status == ok ]] || echo "  FAILED")" >&2
 }
@@ -866,7 +935,7 @@ run_memory() {
     wait "$holder" || true
     printf '| %s | %s | %s | %s |\n' "$path" "$before" "$after" \
       "$(awk -v a="$after" -v b="$before" -v n="$MEMORY_CONNS" 'BEGIN { printf "%.1f", (a - b) / n }')" >>"$OUT/memory.md"
-    printf '  memory %-12s RSS %s KiB -> %s KiB with %s connections\n' "$path" "$before" "$after" "$MEMORY_CONNS" >&2
+    printf '  memory %-17s RSS %s KiB -> %s KiB with %s connections\n' "$path" "$before" "$after" "$MEMORY_CONNS" >&2
   done
 }
 
@@ -924,56 +993,91 @@ def per_query(rows, key):
     return statistics.median(vals) if vals else None
 
 have = {r["path"] for r in runs if r["status"] == "ok"}
-if have & {"direct", "haproxy", "flexgate"}:
+# The baseline columns only appear when a baseline path ran (ok or not), so a
+# run without FLEXGATE_BASE_BIN renders exactly as before.
+base = "flexgate-base" in paths
+base_tls = "flexgate-base-tls" in paths
+
+if have & {"direct", "haproxy", "flexgate", "flexgate-base"}:
     md.append("## Plaintext throughput (median QPS)\n")
     rows = []
     for w, t in keys:
-        q = {p: med(sel(w, t, p), "qps") for p in ("direct", "haproxy", "flexgate")}
+        q = {p: med(sel(w, t, p), "qps") for p in ("direct", "haproxy", "flexgate", "flexgate-base")}
         rows.append([w, str(t), num(q["direct"]), num(q["haproxy"]), num(q["flexgate"]),
                      ratio(q["flexgate"], q["direct"]), ratio(q["flexgate"], q["haproxy"]),
-                     ratio(q["haproxy"], q["direct"])])
+                     ratio(q["haproxy"], q["direct"])]
+                    + ([num(q["flexgate-base"]), ratio(q["flexgate-base"], q["haproxy"]),
+                        ratio(q["flexgate"], q["flexgate-base"])] if base else []))
     md.append(table(["workload", "threads", "direct", "haproxy", "flexgate",
-                     "flexgate/direct", "flexgate/haproxy", "haproxy/direct"], rows) + "\n")
+                     "flexgate/direct", "flexgate/haproxy", "haproxy/direct"]
+                    + (["flexgate-base", "flexgate-base/haproxy", "flexgate/flexgate-base"]
+                       if base else []), rows) + "\n")
 
     md.append("## Plaintext latency (median of per-run p99, ms)\n")
     rows = []
     for w, t in keys:
-        l = {p: med(sel(w, t, p), "p99_ms") for p in ("direct", "haproxy", "flexgate")}
+        l = {p: med(sel(w, t, p), "p99_ms") for p in ("direct", "haproxy", "flexgate", "flexgate-base")}
         rows.append([w, str(t), num(l["direct"], "%.2f"), num(l["haproxy"], "%.2f"),
                      num(l["flexgate"], "%.2f"), ratio(l["flexgate"], l["haproxy"]),
-                     ratio(l["haproxy"], l["direct"])])
+                     ratio(l["haproxy"], l["direct"])]
+                    + ([num(l["flexgate-base"], "%.2f"), ratio(l["flexgate-base"], l["haproxy"]),
+                        ratio(l["flexgate"], l["flexgate-base"])] if base else []))
     md.append(table(["workload", "threads", "direct p99", "haproxy p99", "flexgate p99",
-                     "flexgate/haproxy p99", "haproxy/direct p99"], rows) + "\n")
+                     "flexgate/haproxy p99", "haproxy/direct p99"]
+                    + (["flexgate-base p99", "flexgate-base/haproxy p99", "flexgate/flexgate-base p99"]
+                       if base else []), rows) + "\n")
 
-if have & {"direct-tls", "haproxy-tls", "flexgate-tls"}:
+if have & {"direct-tls", "haproxy-tls", "flexgate-tls", "flexgate-base-tls"}:
     md.append("## TLS (client-side TLS; flexgate is plaintext to MariaDB)\n")
     rows = []
     for w, t in keys:
-        q = {p: med(sel(w, t, p), "qps") for p in ("direct-tls", "haproxy-tls", "flexgate-tls")}
-        l = {p: med(sel(w, t, p), "p99_ms") for p in ("direct-tls", "flexgate-tls")}
+        q = {p: med(sel(w, t, p), "qps")
+             for p in ("direct-tls", "haproxy-tls", "flexgate-tls", "flexgate-base-tls")}
+        l = {p: med(sel(w, t, p), "p99_ms") for p in ("direct-tls", "flexgate-tls", "flexgate-base-tls")}
         rows.append([w, str(t), num(q["direct-tls"]), num(q["flexgate-tls"]),
-                     ratio(q["flexgate-tls"], q["direct-tls"]),
-                     num(l["direct-tls"], "%.2f"), num(l["flexgate-tls"], "%.2f"),
-                     ratio(l["flexgate-tls"], l["direct-tls"])]
+                     ratio(q["flexgate-tls"], q["direct-tls"])]
+                    + ([num(q["flexgate-base-tls"]), ratio(q["flexgate-base-tls"], q["direct-tls"]),
+                        ratio(q["flexgate-tls"], q["flexgate-base-tls"])] if base_tls else [])
+                    + [num(l["direct-tls"], "%.2f"), num(l["flexgate-tls"], "%.2f"),
+                       ratio(l["flexgate-tls"], l["direct-tls"])]
+                    + ([num(l["flexgate-base-tls"], "%.2f"),
+                        ratio(l["flexgate-base-tls"], l["direct-tls"]),
+                        ratio(l["flexgate-tls"], l["flexgate-base-tls"])] if base_tls else [])
                     + ([num(q["haproxy-tls"])] if "haproxy-tls" in paths else []))
     md.append(table(["workload", "threads", "mariadb-tls QPS", "flexgate-tls QPS",
-                     "flexgate-tls/mariadb-tls", "mariadb-tls p99", "flexgate-tls p99",
-                     "flexgate-tls/mariadb-tls p99"]
+                     "flexgate-tls/mariadb-tls"]
+                    + (["flexgate-base-tls QPS", "flexgate-base-tls/mariadb-tls",
+                        "flexgate-tls/flexgate-base-tls"] if base_tls else [])
+                    + ["mariadb-tls p99", "flexgate-tls p99", "flexgate-tls/mariadb-tls p99"]
+                    + (["flexgate-base-tls p99", "flexgate-base-tls/mariadb-tls p99",
+                        "flexgate-tls/flexgate-base-tls p99"] if base_tls else [])
                     + (["haproxy-tls (passthrough) QPS"] if "haproxy-tls" in paths else []),
                     rows) + "\n")
 
-if have & {"haproxy", "flexgate", "flexgate-tls"}:
+PROXIES = ("haproxy", "flexgate", "flexgate-tls", "flexgate-base", "flexgate-base-tls")
+if have & set(PROXIES):
     md.append("## Proxy CPU cost (median CPU µs per query, from /proc/PID/stat)\n")
     rows = []
     for w, t in keys:
-        c = {p: us_per_query(sel(w, t, p), "proxy_cpu_s") for p in ("haproxy", "flexgate", "flexgate-tls")}
-        i = {p: per_query(sel(w, t, p), "proxy_instructions") for p in ("haproxy", "flexgate", "flexgate-tls")}
+        c = {p: us_per_query(sel(w, t, p), "proxy_cpu_s") for p in PROXIES}
+        i = {p: per_query(sel(w, t, p), "proxy_instructions") for p in PROXIES}
         rows.append([w, str(t), num(c["haproxy"], "%.1f"), num(c["flexgate"], "%.1f"),
-                     num(c["flexgate-tls"], "%.1f"), ratio(c["flexgate"], c["haproxy"]),
-                     num(i["haproxy"]), num(i["flexgate"]), num(i["flexgate-tls"])])
+                     num(c["flexgate-tls"], "%.1f"), ratio(c["flexgate"], c["haproxy"])]
+                    + ([num(c["flexgate-base"], "%.1f"), ratio(c["flexgate-base"], c["haproxy"]),
+                        ratio(c["flexgate"], c["flexgate-base"])] if base else [])
+                    + ([num(c["flexgate-base-tls"], "%.1f"),
+                        ratio(c["flexgate-tls"], c["flexgate-base-tls"])] if base_tls else [])
+                    + [num(i["haproxy"]), num(i["flexgate"]), num(i["flexgate-tls"])]
+                    + ([num(i["flexgate-base"])] if base else [])
+                    + ([num(i["flexgate-base-tls"])] if base_tls else []))
     md.append(table(["workload", "threads", "haproxy µs/q", "flexgate µs/q", "flexgate-tls µs/q",
-                     "flexgate/haproxy", "haproxy instr/q", "flexgate instr/q",
-                     "flexgate-tls instr/q"], rows) + "\n")
+                     "flexgate/haproxy"]
+                    + (["flexgate-base µs/q", "flexgate-base/haproxy", "flexgate/flexgate-base"]
+                       if base else [])
+                    + (["flexgate-base-tls µs/q", "flexgate-tls/flexgate-base-tls"] if base_tls else [])
+                    + ["haproxy instr/q", "flexgate instr/q", "flexgate-tls instr/q"]
+                    + (["flexgate-base instr/q"] if base else [])
+                    + (["flexgate-base-tls instr/q"] if base_tls else []), rows) + "\n")
 
 if conns:
     md.append("## Connection rate (connect, login, SELECT 1, close; median conn/s)\n")
@@ -986,12 +1090,24 @@ if conns:
     md.append(table(["path", "conn/s", "proxy CPU µs/conn", "TLS negotiated"],
                     [[p, num(r[p]), num(proxy_us_per_conn(p), "%.0f"), tls.get(p, "none")]
                      for p in paths if any(c["path"] == p for c in conns)]) + "\n")
-    md.append(table(["ratio", "value"], [
-        ["flexgate/direct", ratio(r.get("flexgate"), r.get("direct"))],
-        ["flexgate/haproxy", ratio(r.get("flexgate"), r.get("haproxy"))],
-        ["haproxy/direct", ratio(r.get("haproxy"), r.get("direct"))],
-        ["flexgate-tls/mariadb-tls", ratio(r.get("flexgate-tls"), r.get("direct-tls"))],
-    ]) + "\n")
+    conn_base = any(c["path"] == "flexgate-base" for c in conns)
+    conn_base_tls = any(c["path"] == "flexgate-base-tls" for c in conns)
+    pairs = [("flexgate", "direct"), ("flexgate", "haproxy"), ("haproxy", "direct"),
+             ("flexgate-tls", "direct-tls")]
+    if conn_base:
+        pairs += [("flexgate-base", "haproxy"), ("flexgate", "flexgate-base")]
+    if conn_base_tls:
+        pairs += [("flexgate-base-tls", "direct-tls"), ("flexgate-tls", "flexgate-base-tls")]
+    def label(p):
+        return "mariadb-tls" if p == "direct-tls" else p
+    # With a baseline, the proxy CPU per connection is the steadier
+    # before/after figure (conn/s is bounded by the Python client), so it gets
+    # a column; it is "-" where one side is not a proxy.
+    cpu_col = conn_base or conn_base_tls
+    md.append(table(["ratio", "value"] + (["proxy CPU µs/conn"] if cpu_col else []), [
+        ["%s/%s" % (label(a), label(b)), ratio(r.get(a), r.get(b))]
+        + ([ratio(proxy_us_per_conn(a), proxy_us_per_conn(b))] if cpu_col else [])
+        for a, b in pairs]) + "\n")
 
 allrows = runs + conns
 if allrows:
@@ -1013,6 +1129,16 @@ print(text)
 PY
 }
 
+# "path (--version, sha256 prefix), N threads running". Two builds of nearby
+# commits usually print the same --version, so the hash tells them apart.
+describe_flexgate() {
+  local bin=$1 pid=$2 version sha
+  version=$("$bin" --version 2>/dev/null | head -n 1) || true
+  sha=$(sha256sum "$bin" | cut -c1-12)
+  printf '%s (%s, sha256 %s), %s threads running' "$bin" "${version:-version unknown}" "$sha" \
+    "$(find "/proc/$pid/task" -mindepth 1 -maxdepth 1 | wc -l)"
+}
+
 write_settings() {
   {
     echo "date:        $(date -u +%FT%TZ)"
@@ -1032,7 +1158,13 @@ write_settings() {
       echo "haproxy:     $(haproxy -v | head -n 1), nbthread ${HAPROXY_NBTHREAD:-default}, $(find "/proc/$HAPROXY_PID/task" -mindepth 1 -maxdepth 1 | wc -l) threads running"
     fi
     if [[ -n $FLEXGATE_PID ]]; then
-      echo "flexgate:    $FLEXGATE_BIN ($("$FLEXGATE_BIN" --version 2>/dev/null || echo "version unknown")), $(find "/proc/$FLEXGATE_PID/task" -mindepth 1 -maxdepth 1 | wc -l) threads running"
+      echo "flexgate:    $(describe_flexgate "$FLEXGATE_BIN" "$FLEXGATE_PID")"
+    fi
+    if [[ -n $FLEXGATE_BASE_PID ]]; then
+      echo "baseline:    $(describe_flexgate "$FLEXGATE_BASE_BIN" "$FLEXGATE_BASE_PID")"
+      if [[ -n $FLEXGATE_PID ]] && cmp -s "$FLEXGATE_BIN" "$FLEXGATE_BASE_BIN"; then
+        echo "             (same file as flexgate: the flexgate/flexgate-base ratios measure only noise)"
+      fi
     fi
     echo "perf instr:  $([[ $PERF_OK == 1 ]] && echo yes || echo no)"
   } >"$OUT/settings.txt"
@@ -1050,10 +1182,12 @@ main() {
   for p in ${PATHS//,/ }; do
     case $p in
       direct | direct-tls | haproxy | haproxy-tls | flexgate | flexgate-tls) ;;
-      *) die "unknown path '$p' in PATHS (direct, haproxy, flexgate, direct-tls, haproxy-tls, flexgate-tls)" ;;
+      flexgate-base | flexgate-base-tls) ;;
+      *) die "unknown path '$p' in PATHS (direct, haproxy, flexgate, direct-tls, haproxy-tls, flexgate-tls, flexgate-base, flexgate-base-tls)" ;;
     esac
   done
   for t in $THREADS; do require_uint THREADS "$t"; done
+  check_base_bin
 
   ensure_packages
   resolve_flexgate
@@ -1068,17 +1202,18 @@ main() {
   echo "time,rep,order,path,secs,workers,status,conns,errors,conn_per_s,tls,other_cpu_before_pct,other_cpu_run_pct,noisy,server_cpu_s,proxy_cpu_s" >"$CONN_CSV"
   log "work dir $WORK, results in $OUT"
 
-  read -r DB_PORT HAP_PORT FG_PORT < <(pick_free_ports 3)
+  read -r DB_PORT HAP_PORT FG_PORT FGB_PORT < <(pick_free_ports 4)
   make_certs
   start_mariadb
   if path_selected haproxy || path_selected haproxy-tls; then start_haproxy; fi
   if path_selected flexgate || path_selected flexgate-tls; then start_flexgate; fi
+  if path_selected flexgate-base || path_selected flexgate-base-tls; then start_flexgate_base; fi
   for p in ${PATHS//,/ }; do check_path_login "$p"; done
   log "login checked on every path: ${PATHS}"
 
   if [[ $WORKLOADS != none ]]; then
     prepare_tables
-    if path_selected direct-tls || path_selected haproxy-tls || path_selected flexgate-tls; then
+    if any_tls_path_selected; then
       check_sysbench_tls
     fi
   fi
