@@ -104,7 +104,9 @@ async fn load_data_local_infile() {
     let proxy = ProxyConfig::to(db).start(&db.certs).await;
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let file = dir.path().join("rows.csv");
-    let content: String = (1..=5000).map(|i| format!("{i},row-{i}\n")).collect();
+    // 400k rows (~6 MiB) take more than 256 packets, so the file's sequence ids wrap past 255
+    // to 0: the relay must not mistake those packets for commands.
+    let content: String = (1..=400_000).map(|i| format!("{i},row-{i}\n")).collect();
     std::fs::write(&file, content).unwrap_or_else(|e| panic!("{e}"));
     let mut c = cli(proxy.port(), &user, PASSWORD, &db.certs);
     c.args(["--local-infile=1", &format!("--database={schema}"), "-e"]).arg(format!(
@@ -115,5 +117,37 @@ async fn load_data_local_infile() {
     ));
     let o = run(c).await;
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(stdout(&o), "5000\t12502500\trow-999");
+    assert_eq!(stdout(&o), "400000\t80000200000\trow-99999");
+}
+
+/// Commands written back to back before any answer is read: the relay sees several command
+/// boundaries in one read, including a KILL of an id that is no session (passed unchanged),
+/// and every answer comes back in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_commands_are_answered_in_order() {
+    let db = mariadb();
+    let (user, schema) = db.user();
+    let proxy = ProxyConfig::to(db).start(&db.certs).await;
+    let body = r#"import struct
+c = pymysql.connect(host=host, port=port, user=user, password=pw, database=db, ssl={'ca': ca})
+def packet(sql):
+    p = b'\x03' + sql.encode()
+    return struct.pack('<I', len(p))[:3] + b'\x00' + p
+sqls = ['SELECT %d' % i for i in range(40)] + ['KILL QUERY 4294967295'] + ['SELECT %d' % i for i in range(40, 60)]
+c._write_bytes(b''.join(packet(s) for s in sqls))
+out = []
+for s in sqls:
+    c._next_seq_id = 1
+    try:
+        r = pymysql.connections.MySQLResult(c)
+        r.read()
+        out.append(str(r.rows[0][0]) if r.rows else 'ok')
+    except pymysql.err.MySQLError as e:
+        out.append('E%d' % e.args[0])
+print(' '.join(out))
+c.close()"#;
+    let out = pymysql(proxy.port(), &user, &schema, PASSWORD, &db.certs, body).await;
+    let want: Vec<String> =
+        (0..40).map(|i| i.to_string()).chain(["E1094".to_string()]).chain((40..60).map(|i| i.to_string())).collect();
+    assert_eq!(out.trim(), want.join(" "));
 }

@@ -374,9 +374,7 @@ impl RunningProxy {
                 }
             }
         };
-        tokio::time::timeout(Duration::from_secs(10), wait)
-            .await
-            .unwrap_or_else(|_| panic!("no login event: {what}"))
+        tokio::time::timeout(Duration::from_secs(10), wait).await.unwrap_or_else(|_| panic!("no login event: {what}"))
     }
 
     /// Waits (bounded) until the startup probe has learned the server profile.

@@ -72,3 +72,35 @@ async fn several_listeners_serve_at_once() {
     }
     stop.cancel();
 }
+
+/// The server's failed-login accounting sees exactly what the client did: one failure for a
+/// wrong password, none for a right one. (Empty auth data under the account's real plugin
+/// would be a failed login of its own; flexgate's forced switch never sends that.)
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_counts_one_failure_per_wrong_password_and_none_per_login() {
+    // A private server, so that other tests' logins do not move its counters.
+    let db = MariaDb::start_private("flexgate-accounting", &[]);
+    db.root_sql("INSTALL SONAME 'auth_ed25519'");
+    let (native, schema) = db.user();
+    let ed = unique("ed");
+    db.root_sql(&format!("CREATE USER '{ed}'@'%' IDENTIFIED VIA ed25519 USING PASSWORD('{PASSWORD}');"));
+    let proxy = ProxyConfig::to(&db).start(&db.certs).await;
+    proxy.profile_learned().await;
+    for user in [&native, &ed] {
+        let before = db.status("Access_denied_errors");
+        let mut c = cli(proxy.port(), user, PASSWORD, &db.certs);
+        c.args(["-e", "SELECT 1"]);
+        assert_eq!(stdout(&run(c).await), "1");
+        let ok = mysql_async::Conn::new(async_opts(proxy.port(), user, "", PASSWORD, &db.certs)).await;
+        assert!(ok.is_ok(), "{user}: {:?}", ok.err());
+        if let Ok(conn) = ok {
+            conn.disconnect().await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(db.status("Access_denied_errors"), before, "{user}: a correct login was counted as a failure");
+        let mut c = cli(proxy.port(), user, "wrong", &db.certs);
+        c.args(["-e", "SELECT 1"]);
+        assert!(stderr(&run(c).await).contains("ERROR 1045"));
+        assert_eq!(db.status("Access_denied_errors"), before + 1, "{user}: one wrong password, one failure");
+    }
+    let _ = schema;
+}
