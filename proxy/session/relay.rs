@@ -181,6 +181,8 @@ struct Up {
     out: Option<(Vec<u8>, usize)>,
     /// Client bytes read but not yet scanned.
     input: Option<(Vec<u8>, usize)>,
+    /// A change-user scanned while the writer was behind: the pause waits for `out` to drain.
+    paused: Option<Vec<u8>>,
     read_done: bool,
     done: bool,
     need_flush: bool,
@@ -201,6 +203,7 @@ impl Up {
             scanner: Scanner::new(max_change_user),
             out: None,
             input: None,
+            paused: None,
             read_done: false,
             done: false,
             need_flush: false,
@@ -229,6 +232,9 @@ impl Up {
                 self.need_flush = true;
                 ready!(poll_write_out(cx, writer, buf, pos, &mut self.bytes)).map_err(server_err)?;
                 self.out = None;
+            }
+            if let Some(payload) = self.paused.take() {
+                return Poll::Ready(Ok(Some(payload)));
             }
             if let Some((buf, pos)) = self.input.take() {
                 match self.feed(cx, &buf[pos..], writer, lookup)? {
@@ -292,34 +298,67 @@ impl Up {
         writer: &mut W,
         lookup: &(dyn Fn(u32) -> Option<u32> + Sync),
     ) -> Result<Fed, RelayError> {
-        let mut pos = 0;
+        // Consecutive passed bytes go out in one write, as the plain copy did: pipelined
+        // commands in one read cost one syscall, not one per packet.
+        let (mut pos, mut span_start) = (0, 0);
         while pos < data.len() {
-            match self.scanner.step(&data[pos..], lookup) {
+            let step = match self.scanner.step(&data[pos..], lookup) {
                 Step::Pass(n) => {
-                    let span = &data[pos..pos + n];
                     pos += n;
-                    if let Some(written) = self.write(cx, span, writer)? {
-                        self.out = Some((span[written..].to_vec(), 0));
-                        return Ok(Fed::Stalled { consumed: pos });
-                    }
+                    continue;
                 }
-                Step::Keep(n) => pos += n,
+                other => other,
+            };
+            // The scanner has moved past this step: it is carried out even if the writer is
+            // behind, by queueing its output (or its pause) after what is already queued.
+            let mut stalled = self.write_or_queue(cx, &data[span_start..pos], writer)?;
+            match step {
+                Step::Pass(n) | Step::Keep(n) => pos += n,
                 Step::Emit { bytes, consumed } => {
                     pos += consumed;
-                    if let Some(written) = self.write(cx, &bytes, writer)? {
+                    if stalled {
+                        if let Some((queued, _)) = &mut self.out {
+                            queued.extend_from_slice(&bytes);
+                        }
+                    } else if let Some(written) = self.write(cx, &bytes, writer)? {
                         self.out = Some((bytes, written));
-                        return Ok(Fed::Stalled { consumed: pos });
+                        stalled = true;
                     }
                 }
                 Step::ChangeUser { payload, consumed } => {
-                    return Ok(Fed::Paused { payload, consumed: pos + consumed });
+                    pos += consumed;
+                    if !stalled {
+                        return Ok(Fed::Paused { payload, consumed: pos });
+                    }
+                    self.paused = Some(payload);
                 }
-                Step::Refuse(e) => {
-                    return Err(client_err(io::Error::new(io::ErrorKind::InvalidData, e)));
-                }
+                Step::Refuse(e) => return Err(client_err(io::Error::new(io::ErrorKind::InvalidData, e))),
             }
+            if stalled {
+                return Ok(Fed::Stalled { consumed: pos });
+            }
+            span_start = pos;
+        }
+        if self.write_or_queue(cx, &data[span_start..pos], writer)? {
+            return Ok(Fed::Stalled { consumed: pos });
         }
         Ok(Fed::All)
+    }
+
+    /// Writes `span` or, past what the writer takes now, queues it; `true` if it queued.
+    fn write_or_queue<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        span: &[u8],
+        writer: &mut W,
+    ) -> Result<bool, RelayError> {
+        match self.write(cx, span, writer)? {
+            Some(written) => {
+                self.out = Some((span[written..].to_vec(), 0));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Writes as much of `span` as the writer takes now; `Some(n)` if it stalled after `n`.
@@ -516,6 +555,35 @@ mod tests {
         assert!(at_server == up, "client bytes changed in transit");
         assert_eq!(at_client, down);
         assert_eq!(moved, Transferred { from_client: up.len() as u64, to_client: down.len() as u64 });
+    }
+
+    /// Pipelined commands with a KILL among them, through a writer far slower than the
+    /// reader: the kill is translated wherever the stalls fall, and a change-user that comes
+    /// while output is still queued pauses only after that output has gone out.
+    #[tokio::test]
+    async fn translates_and_pauses_behind_a_slow_writer() {
+        fn lookup(id: u32) -> Option<u32> {
+            (id == 2_147_483_649).then_some(17)
+        }
+        let (mut client_far, mut client_near) = duplex(1 << 20);
+        let (mut server_near, mut server_far) = duplex(7);
+        let (mut stream, mut want) = (Vec::new(), Vec::new());
+        for i in 0..300 {
+            let sql = if i == 150 { "\x03KILL QUERY 2147483649".to_string() } else { format!("\x03SELECT {i}") };
+            write_packet(&mut stream, 0, sql.as_bytes());
+            let sql = if i == 150 { "\x03KILL QUERY 17".to_string() } else { format!("\x03SELECT {i}") };
+            write_packet(&mut want, 0, sql.as_bytes());
+        }
+        write_packet(&mut stream, 0, &[com::CHANGE_USER, b'u', 0, 0, 0]);
+        client_far.write_all(&stream).await.unwrap_or_else(|e| panic!("{e}"));
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; want.len()];
+            server_far.read_exact(&mut got).await.map(|_| got == want)
+        });
+        let mut r = Relay::new(1 << 16);
+        let end = r.run(&mut client_near, &mut server_near, &lookup).await;
+        assert!(matches!(&end, RelayEnd::ChangeUser(p) if p == &[com::CHANGE_USER, b'u', 0, 0, 0]), "{end:?}");
+        assert!(reader.await.ok().and_then(Result::ok) == Some(true), "server saw other bytes");
     }
 
     #[tokio::test]
