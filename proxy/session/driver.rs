@@ -175,6 +175,8 @@ pub(super) struct Session<C> {
     /// The server's thread id.
     thread_id: Option<u32>,
     identity: Option<Identity>,
+    /// The account a change-user in progress asks for; `identity` once the server accepts.
+    attempt: Option<Identity>,
     /// The last plugin of the last exchange.
     plugin: Option<Vec<u8>>,
 }
@@ -193,6 +195,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
             registered: None,
             thread_id: None,
             identity: None,
+            attempt: None,
             plugin: None,
         }
     }
@@ -618,9 +621,10 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
             return Err(self.backend_protocol("change-user before login".into()));
         };
         let caps = login.capabilities;
+        self.attempt = None;
         let cu = ChangeUser::parse(payload, caps).map_err(SessionError::ClientMalformed)?;
         let next = login.changed(&cu);
-        self.log.user = Some(loggable(&next.user, 80));
+        self.attempt = Some(next.clone());
         let claim = Claim {
             kind: LoginKind::ChangeUser,
             user: &next.user,
@@ -658,20 +662,25 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         drop(forwarded);
         let r = self.exchange(backend, backend_seq, exchange).await?;
         if matches!(r, Exchanged::Accepted) {
+            // The session line names the account the session ends as.
+            self.log.user = Some(loggable(&next.user, 80));
             self.identity = Some(next);
         }
         Ok(r)
     }
 
     fn publish(&self, kind: LoginKind, outcome: LoginOutcome, duration: Duration) {
-        let id = self.identity.as_ref();
+        let id = match kind {
+            LoginKind::ChangeUser => self.attempt.as_ref().or(self.identity.as_ref()),
+            LoginKind::Connect => self.identity.as_ref(),
+        };
         let (program, client_version) = id.map(Identity::program).unwrap_or_default();
         self.ctx.events.publish(LoginEvent {
             at: SystemTime::now(),
             kind,
             listener: self.ctx.listener.clone(),
             client: self.peer,
-            user: self.log.user.clone(),
+            user: id.map(|i| loggable(&i.user, 80)),
             database: id.and_then(|i| i.database.as_deref()).map(|d| loggable(d, 64)),
             program,
             client_version,

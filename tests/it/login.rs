@@ -104,3 +104,50 @@ async fn the_server_counts_one_failure_per_wrong_password_and_none_per_login() {
     }
     let _ = schema;
 }
+
+/// A server that refuses the connection before greeting (here: too many connections) has its
+/// ERR relayed to a client that flexgate has already greeted, at the client's sequence id.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_err_instead_of_the_servers_greeting_reaches_the_client() {
+    let db = MariaDb::start_private("flexgate-1040", &["--max-connections=10"]); // MariaDB's minimum
+    let (user, schema) = db.user();
+    let proxy = ProxyConfig::to(&db).start(&db.certs).await;
+    proxy.profile_learned().await;
+    let direct = |_: usize| {
+        let opts: mysql_async::Opts = mysql_async::OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(db.port)
+            .user(Some(user.clone()))
+            .pass(Some(PASSWORD))
+            .db_name(Some(schema.clone()))
+            .prefer_socket(false)
+            .into();
+        mysql_async::Conn::new(opts)
+    };
+    let mut held = Vec::new();
+    for i in 0..10 {
+        held.push(direct(i).await.unwrap_or_else(|e| panic!("direct connection {i}: {e}")));
+    }
+    // MariaDB keeps one connection beyond max_connections for SUPER; root takes it, and only
+    // then does the server refuse before greeting.
+    let root: mysql_async::Opts =
+        mysql_async::OptsBuilder::default().socket(Some(db.socket.display().to_string())).user(Some("root")).into();
+    held.push(mysql_async::Conn::new(root).await.unwrap_or_else(|e| panic!("root over the socket: {e}")));
+    // Through flexgate, over TLS: the ERR arrives after the SSLRequest and the response.
+    match mysql_async::Conn::new(async_opts(proxy.port(), &user, &schema, PASSWORD, &db.certs)).await {
+        Err(mysql_async::Error::Server(e)) => {
+            assert_eq!(e.code, 1040, "{e:?}");
+            assert_eq!(e.state, "08004");
+        }
+        other => panic!("expected ERR 1040, got {:?}", other.map(|_| "a connection")),
+    }
+    let mut c = cli(proxy.port(), &user, PASSWORD, &db.certs);
+    c.args(["-e", "SELECT 1"]);
+    let o = run(c).await;
+    assert!(stderr(&o).contains("ERROR 1040"), "{}", stderr(&o));
+    eventually("backend_refused == 2", || proxy.metrics.outcome_total(flexgate::metrics::Outcome::BackendRefused) == 2)
+        .await;
+    for c in held {
+        c.disconnect().await.unwrap_or_else(|e| panic!("{e}"));
+    }
+}

@@ -80,7 +80,9 @@ impl<'a> ChangeUser<'a> {
         } else {
             field(CHANGE_USER, "connection attributes", i, lenenc_bytes).map(|(i, a)| (i, Some(a)))?
         };
-        crate::reader::end(CHANGE_USER, i)?;
+        // Servers ignore what follows the fields they read: mysql_common always appends an
+        // empty attribute block, even when the login did not set CLIENT_CONNECT_ATTRS.
+        let _ignored = i;
         Ok(Self { username, auth_response, database, charset, auth_plugin, connect_attrs })
     }
 
@@ -168,6 +170,11 @@ mod tests {
         let c = ChangeUser::parse(b"\x11u\0\0db\0", CAPS).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((c.charset, c.auth_plugin, c.connect_attrs), (None, None, None));
         assert!(ChangeUser::parse(b"\x11u\0\x05ab", CAPS).is_err());
+        // What mysql_async sends after a login without CLIENT_CONNECT_ATTRS: a trailing empty
+        // attribute block, which servers ignore.
+        let no_attrs = CAPS.without(Capabilities::CONNECT_ATTRS);
+        let c = ChangeUser::parse(b"\x11u\0\0db\0\x2d\0plugin\0\0", no_attrs).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.auth_plugin, c.connect_attrs), (Some(&b"plugin"[..]), None));
         assert!(ChangeUser::parse(b"\x03u\0\0db\0", CAPS).is_err());
     }
 
