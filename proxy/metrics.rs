@@ -120,8 +120,9 @@ impl Metrics {
 
     /// A session ended.
     pub fn ended(&self, outcome: Outcome) {
-        self.active.fetch_sub(1, Ordering::Relaxed);
+        // Counted before `active` drops, so that whoever sees a session gone sees its outcome.
         self.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        self.active.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// A client TLS handshake failed.

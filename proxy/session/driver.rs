@@ -561,6 +561,11 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
                     }
                     relay.put_client_input(std::mem::take(&mut self.input));
                 }
+                // The server ended a session in use; what the client did next (close without
+                // close_notify, a late COM_QUIT, a reset) does not change that.
+                RelayEnd::Closed { .. } | RelayEnd::Failed(_) if relay.server_closed_first() => {
+                    break (Outcome::ServerClosed, None);
+                }
                 RelayEnd::Closed { .. } if relay.client_quit() => break (Outcome::Quit, None),
                 RelayEnd::Closed { first: Side::Client } => break (Outcome::ClientClosed, None),
                 RelayEnd::Closed { first: Side::Server } => break (Outcome::ServerClosed, None),

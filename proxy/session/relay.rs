@@ -61,12 +61,20 @@ pub(crate) struct Relay {
     up: Up,
     down: Direction,
     first_eof: Option<Side>,
+    /// Whether the client had sent COM_QUIT or closed when the server's EOF arrived; `None`
+    /// before it.
+    client_done_at_server_eof: Option<bool>,
 }
 
 impl Relay {
     /// `max_change_user` bounds the one command the relay buffers whole.
     pub(crate) fn new(max_change_user: usize) -> Self {
-        Self { up: Up::new(max_change_user), down: Direction::default(), first_eof: None }
+        Self {
+            up: Up::new(max_change_user),
+            down: Direction::default(),
+            first_eof: None,
+            client_done_at_server_eof: None,
+        }
     }
 
     /// Relays until both sides close, a side fails, or the client sends `COM_CHANGE_USER`.
@@ -92,6 +100,12 @@ impl Relay {
     /// Whether the client has sent `COM_QUIT`.
     pub(crate) fn client_quit(&self) -> bool {
         self.up.scanner.quit
+    }
+
+    /// Whether the server closed while the client was still using the session (`KILL`,
+    /// `wait_timeout`, shutdown), whatever the client did after.
+    pub(crate) fn server_closed_first(&self) -> bool {
+        self.client_done_at_server_eof == Some(false)
     }
 
     /// Client bytes that arrived after a `COM_CHANGE_USER` in the same read. A client waits
@@ -148,7 +162,11 @@ where
                 }
             }
         }
-        match r.down.poll_copy(cx, &mut *this.server, &mut *this.client) {
+        let down = r.down.poll_copy(cx, &mut *this.server, &mut *this.client);
+        if r.down.read_done && r.client_done_at_server_eof.is_none() {
+            r.client_done_at_server_eof = Some(r.up.scanner.quit || r.up.read_done);
+        }
+        match down {
             Poll::Ready(Ok(())) => {
                 r.first_eof.get_or_insert(Side::Server);
             }
