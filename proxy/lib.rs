@@ -10,10 +10,10 @@
 
 /// Implements tokio's `AsyncRead` and `AsyncWrite` for an enum of streams by delegating to the
 /// live variant (each variant holds one `Unpin` stream). Static dispatch: the relay's per-call
-/// cost is one match.
+/// cost is one match. An enum generic over its transport is written `Name<C>`.
 macro_rules! delegate_async_io {
-    ($ty:ident { $($variant:ident),+ }) => {
-        impl tokio::io::AsyncRead for $ty {
+    ($ty:ident $(<$g:ident>)? { $($variant:ident),+ }) => {
+        impl$(<$g: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>)? tokio::io::AsyncRead for $ty$(<$g>)? {
             fn poll_read(
                 self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,
@@ -22,7 +22,7 @@ macro_rules! delegate_async_io {
                 match self.get_mut() { $(Self::$variant(s) => std::pin::Pin::new(s).poll_read(cx, buf),)+ }
             }
         }
-        impl tokio::io::AsyncWrite for $ty {
+        impl$(<$g: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>)? tokio::io::AsyncWrite for $ty$(<$g>)? {
             fn poll_write(
                 self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,
