@@ -563,15 +563,11 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
                 }
                 // The server ended a session in use; what the client did next (close without
                 // close_notify, a late COM_QUIT, a reset) does not change that.
-                RelayEnd::Closed { .. } | RelayEnd::Failed(_) if relay.server_closed_first() => {
-                    break (Outcome::ServerClosed, None);
-                }
-                RelayEnd::Closed { .. } if relay.client_quit() => break (Outcome::Quit, None),
-                RelayEnd::Closed { first: Side::Client } => break (Outcome::ClientClosed, None),
-                RelayEnd::Closed { first: Side::Server } => break (Outcome::ServerClosed, None),
+                _ if relay.closed_by() == Some(Side::Server) => break (Outcome::ServerClosed, None),
                 // After COM_QUIT the server closes and the client may already be gone: any
                 // error on the way out is the normal end of a session.
-                RelayEnd::Failed(_) if relay.client_quit() => break (Outcome::Quit, None),
+                _ if relay.client_quit() => break (Outcome::Quit, None),
+                RelayEnd::Closed => break (Outcome::ClientClosed, None),
                 // TLS clients often close without close_notify; rustls reports that as EOF.
                 RelayEnd::Failed(e)
                     if e.side == Side::Client && e.source.kind() == std::io::ErrorKind::UnexpectedEof =>
