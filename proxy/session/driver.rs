@@ -82,9 +82,11 @@ struct Identified {
 }
 
 struct Connected {
-    live: Live,
+    backend: BackendStream,
+    /// The live server's capabilities.
+    server_caps: Capabilities,
     identity: Identity,
-    raw: Option<Zeroizing<Vec<u8>>>,
+    first: FirstLogin,
 }
 
 /// What the server receives first on the client's behalf, and where the auth exchange starts.
@@ -118,12 +120,14 @@ impl FirstLogin {
     /// flexgate-greeting mode: no auth data, and a plugin name that makes the server switch.
     fn forced_switch(
         id: &Identity,
-        live: Capabilities,
-        live_mariadb: MariaDbCapabilities,
+        promised: Capabilities,
+        live: &Live,
         backend_tls: bool,
     ) -> Result<Self, handshake::Mismatch> {
+        let forwarded =
+            handshake::server_response(id, promised, live.capabilities, live.mariadb_capabilities, backend_tls)?;
         Ok(Self {
-            forwarded: Zeroizing::new(handshake::server_response(id, live, live, live_mariadb, backend_tls)?),
+            forwarded: Zeroizing::new(forwarded),
             plugin: handshake::FORCE_SWITCH_PLUGIN.to_vec(),
             first_auth: Zeroizing::new(Vec::new()),
             nonce: Vec::new(),
@@ -147,10 +151,31 @@ enum Exchanged {
     Refused { code: u16 },
 }
 
+/// What logs and login events say about an account, from its login: peer-controlled text, cut
+/// to a loggable length once. Holds no secret.
+#[derive(Debug, Default, Clone)]
+struct Who {
+    user: Option<String>,
+    database: Option<String>,
+    program: Option<String>,
+    client_version: Option<String>,
+}
+
+impl Who {
+    fn of(id: &Identity) -> Self {
+        let (program, client_version) = id.program();
+        Self {
+            user: Some(loggable(&id.user, 80)),
+            database: id.database.as_deref().map(|d| loggable(d, 64)),
+            program,
+            client_version,
+        }
+    }
+}
+
 /// Per-session facts for the closing log line and the login events. Holds no secret.
 #[derive(Debug, Default)]
 struct SessionLog {
-    user: Option<String>,
     tls_version: Option<&'static str>,
     cipher: Option<&'static str>,
     bytes_in: u64,
@@ -174,9 +199,12 @@ pub(super) struct Session<C> {
     registered: Option<Registered>,
     /// The server's thread id.
     thread_id: Option<u32>,
+    /// The account the session is logged in as, once identified.
+    who: Who,
+    /// The login the server accepted; a change-user starts from it.
     identity: Option<Identity>,
-    /// The account a change-user in progress asks for; `identity` once the server accepts.
-    attempt: Option<Identity>,
+    /// The account a change-user in progress asks for; `who` once the server accepts.
+    attempt: Option<Who>,
     /// The last plugin of the last exchange.
     plugin: Option<Vec<u8>>,
 }
@@ -194,6 +222,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
             log: SessionLog::default(),
             registered: None,
             thread_id: None,
+            who: Who::default(),
             identity: None,
             attempt: None,
             plugin: None,
@@ -239,7 +268,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
             client = %self.peer,
             connection_id = self.registered.as_ref().map(Registered::id).or(self.thread_id).unwrap_or(0),
             server_thread_id = self.thread_id.unwrap_or(0),
-            user = l.user.as_deref().unwrap_or("-"),
+            user = self.who.user.as_deref().unwrap_or("-"),
             tls_version = l.tls_version.unwrap_or("none"),
             cipher = l.cipher.unwrap_or("none"),
             outcome = outcome.as_str(),
@@ -340,8 +369,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         }
         let response = HandshakeResponse::parse(&self.buf).map_err(SessionError::ClientMalformed)?;
         let identity = Identity::from_response(&response);
-        self.log.user = Some(loggable(&identity.user, 80));
-        self.identity = Some(identity.clone());
+        self.who = Who::of(&identity);
         let raw = match self.ctx.greeting {
             GreetingMode::Server => Some(Zeroizing::new(std::mem::take(&mut self.buf))),
             GreetingMode::Flexgate => {
@@ -398,47 +426,35 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
                 }
             },
         };
-        if self.ctx.greeting == GreetingMode::Flexgate
-            && let Err(m) = handshake::server_response(
-                &a.identity,
-                a.promised,
-                live.capabilities,
-                live.mariadb_capabilities,
-                self.ctx.backend.uses_tls(),
-            )
-        {
+        let backend_tls = self.ctx.backend.uses_tls();
+        let first = match a.raw {
+            Some(raw) => FirstLogin::relayed(&raw, live.nonce, backend_tls)?,
             // `dial` has already refreshed the profile from this greeting.
-            return Err(SessionError::ServerChanged {
-                backend: self.ctx.backend.label().to_owned(),
-                missing: m.missing.0,
-            });
-        }
+            None => FirstLogin::forced_switch(&a.identity, a.promised, &live, backend_tls).map_err(|m| {
+                SessionError::ServerChanged { backend: self.ctx.backend.label().to_owned(), missing: m.missing.0 }
+            })?,
+        };
         self.thread_id = Some(live.thread_id);
         if let Some(r) = &self.registered {
             r.connected(live.thread_id);
         }
-        Ok(Phase::Connected(Connected { live, identity: a.identity, raw: a.raw }))
+        Ok(Phase::Connected(Connected {
+            backend: live.stream,
+            server_caps: live.capabilities,
+            identity: a.identity,
+            first,
+        }))
     }
 
     /// Connected → Ended: the client's login goes to the server (over TLS if configured),
     /// and the auth exchange is relayed until the server says OK or ERR.
     async fn login(&mut self, c: Connected) -> Result<Phase, SessionError> {
-        let Connected { live, identity, raw } = c;
-        let Live { stream: mut backend, capabilities: live_caps, mariadb_capabilities, nonce, .. } = live;
-        let backend_tls = self.ctx.backend.uses_tls();
-        let client_tls = self.log.tls_version.is_some();
-        let first = match raw {
-            Some(raw) => FirstLogin::relayed(&raw, nonce, backend_tls)?,
-            None => {
-                FirstLogin::forced_switch(&identity, live_caps, mariadb_capabilities, backend_tls).map_err(|m| {
-                    SessionError::ServerChanged { backend: self.ctx.backend.label().to_owned(), missing: m.missing.0 }
-                })?
-            }
-        };
+        let Connected { mut backend, server_caps, identity, first } = c;
         let FirstLogin { forwarded, plugin, first_auth, nonce } = first;
+        let client_tls = self.log.tls_version.is_some();
         let mut backend_seq: u8 = 1;
-        if backend_tls {
-            if !live_caps.contains(Capabilities::SSL) {
+        if self.ctx.backend.uses_tls() {
+            if !server_caps.contains(Capabilities::SSL) {
                 return Err(SessionError::BackendTls {
                     backend: self.ctx.backend.label().to_owned(),
                     detail: "the server does not offer TLS (CLIENT_SSL not in its greeting)".into(),
@@ -464,7 +480,10 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         self.send_backend(&mut backend, &mut backend_seq, &forwarded).await?;
         drop(forwarded);
         Ok(Phase::Ended(match self.exchange(&mut backend, backend_seq, exchange).await? {
-            Exchanged::Accepted => Ended::Authenticated(backend),
+            Exchanged::Accepted => {
+                self.identity = Some(identity);
+                Ended::Authenticated(backend)
+            }
             Exchanged::Refused { code } => Ended::Denied { code },
         }))
     }
@@ -481,7 +500,9 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
                 Turn::Server => {
                     self.read_backend(backend, &mut backend_seq).await?;
                     let verdict = exchange.on_server(&self.buf).map_err(|e| self.backend_protocol(e.to_string()))?;
-                    self.plugin = Some(exchange.plugin().to_vec());
+                    if self.plugin.as_deref() != Some(exchange.plugin()) {
+                        self.plugin = Some(exchange.plugin().to_vec());
+                    }
                     self.relay_to_client().await?;
                     match verdict {
                         ServerVerdict::Success => return Ok(Exchanged::Accepted),
@@ -625,7 +646,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         self.attempt = None;
         let cu = ChangeUser::parse(payload, caps).map_err(SessionError::ClientMalformed)?;
         let next = login.changed(&cu);
-        self.attempt = Some(next.clone());
+        self.attempt = Some(Who::of(&next));
         let claim = Claim {
             kind: LoginKind::ChangeUser,
             user: &next.user,
@@ -664,27 +685,28 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         let r = self.exchange(backend, backend_seq, exchange).await?;
         if matches!(r, Exchanged::Accepted) {
             // The session line names the account the session ends as.
-            self.log.user = Some(loggable(&next.user, 80));
+            if let Some(who) = self.attempt.take() {
+                self.who = who;
+            }
             self.identity = Some(next);
         }
         Ok(r)
     }
 
     fn publish(&self, kind: LoginKind, outcome: LoginOutcome, duration: Duration) {
-        let id = match kind {
-            LoginKind::ChangeUser => self.attempt.as_ref().or(self.identity.as_ref()),
-            LoginKind::Connect => self.identity.as_ref(),
+        let who = match (kind, &self.attempt) {
+            (LoginKind::ChangeUser, Some(attempt)) => attempt,
+            _ => &self.who,
         };
-        let (program, client_version) = id.map(Identity::program).unwrap_or_default();
         self.ctx.events.publish(LoginEvent {
             at: SystemTime::now(),
             kind,
             listener: self.ctx.listener.clone(),
             client: self.peer,
-            user: id.map(|i| loggable(&i.user, 80)),
-            database: id.and_then(|i| i.database.as_deref()).map(|d| loggable(d, 64)),
-            program,
-            client_version,
+            user: who.user.clone(),
+            database: who.database.clone(),
+            program: who.program.clone(),
+            client_version: who.client_version.clone(),
             transport: Transport { tls_version: self.log.tls_version, cipher: self.log.cipher },
             plugin: self.plugin.as_deref().map(|p| loggable(p, 64)),
             outcome,
