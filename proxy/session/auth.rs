@@ -50,6 +50,16 @@ pub enum AuthRefusal {
     FullAuthNeedsTls,
 }
 
+impl AuthRefusal {
+    /// A short stable label for logs, events and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::CleartextOverNetwork => "cleartext_over_network",
+            Self::FullAuthNeedsTls => "full_auth_needs_tls",
+        }
+    }
+}
+
 /// `caching_sha2_password` AuthMoreData statuses.
 const FAST_AUTH_SUCCESS: &[u8] = &[0x03];
 const PERFORM_FULL_AUTH: &[u8] = &[0x04];

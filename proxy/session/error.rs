@@ -280,12 +280,7 @@ impl SessionError {
             | Self::PasswordProtection { .. }
             | Self::ServerChanged { .. } => LoginOutcome::ServerError,
             Self::Denied(d) => LoginOutcome::Refused { reason: d.as_str(), code: self.code() },
-            Self::AuthRefused(AuthRefusal::CleartextOverNetwork) => {
-                LoginOutcome::Refused { reason: "cleartext_over_network", code: self.code() }
-            }
-            Self::AuthRefused(AuthRefusal::FullAuthNeedsTls) => {
-                LoginOutcome::Refused { reason: "full_auth_needs_tls", code: self.code() }
-            }
+            Self::AuthRefused(r) => LoginOutcome::Refused { reason: r.as_str(), code: self.code() },
             Self::Timeout(_) => LoginOutcome::Timeout,
             Self::ClientMalformed(_)
             | Self::ClientTooLarge(_)
