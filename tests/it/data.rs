@@ -12,9 +12,14 @@ fn hex(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn blob_of_32_mib_round_trips_across_16_mib_packets() {
+    blob_round_trips(ProxyConfig::to(mariadb())).await;
+}
+
+/// A 32 MiB BLOB in and out, through packets of 16 MiB and more; also run in server-greeting mode.
+pub(crate) async fn blob_round_trips(cfg: ProxyConfig) {
     let db = mariadb();
     let (user, schema) = db.user();
-    let proxy = ProxyConfig::to(db).start(&db.certs).await;
+    let proxy = cfg.start(&db.certs).await;
     let opts = mysql_async::OptsBuilder::from_opts(async_opts(proxy.port(), &user, &schema, PASSWORD, &db.certs))
         .max_allowed_packet(Some(64 * 1024 * 1024));
     let mut conn = mysql_async::Conn::new(opts).await.unwrap_or_else(|e| panic!("connect: {e}"));

@@ -472,6 +472,20 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).trim().to_string()
 }
 
+/// Reads a status counter of `db` (a blocking `mariadb` call) until `f` accepts it; fails
+/// after 15 s.
+pub async fn status_until(db: &MariaDb, name: &str, what: &str, f: impl Fn(u64) -> bool) -> u64 {
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = tokio::task::block_in_place(|| db.status(name));
+        if f(v) {
+            return v;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {name} {what}; last {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits (bounded) until `f` returns true; session counters are updated just after the client
 /// has seen its answer, so tests wait for them rather than read them once.
 pub async fn eventually(what: &str, f: impl Fn() -> bool) {

@@ -23,19 +23,6 @@ use crate::harness::*;
 /// last of a repeated option.
 const DEBIAN_DEFAULTS: &[&str] = &["--max-connections=151", "--max-connect-errors=100"];
 
-/// Reads a status counter (a blocking `mariadb` call) until `f` accepts it; fails after 15 s.
-async fn status_until(db: &MariaDb, name: &str, what: &str, f: impl Fn(u64) -> bool) -> u64 {
-    let until = Instant::now() + Duration::from_secs(15);
-    loop {
-        let v = tokio::task::block_in_place(|| db.status(name));
-        if f(v) {
-            return v;
-        }
-        assert!(Instant::now() < until, "timed out waiting for {name} {what}; last {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn status(db: &MariaDb, name: &str) -> u64 {
     tokio::task::block_in_place(|| db.status(name))
 }

@@ -6,9 +6,14 @@ use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_password_gets_the_servers_1045() {
+    wrong_password_gets_1045(ProxyConfig::to(mariadb())).await;
+}
+
+/// The server's 1045 reaches every client; also run in server-greeting mode.
+pub(crate) async fn wrong_password_gets_1045(cfg: ProxyConfig) {
     let db = mariadb();
     let (user, schema) = db.user();
-    let proxy = ProxyConfig::to(db).start(&db.certs).await;
+    let proxy = cfg.start(&db.certs).await;
 
     let mut c = cli(proxy.port(), &user, "wrong-password", &db.certs);
     c.args(["-e", "SELECT 1"]);

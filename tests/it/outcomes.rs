@@ -40,20 +40,6 @@ async fn all_counted_as(proxy: &RunningProxy, n: u64, want: Outcome, what: &str)
     assert_eq!(proxy.metrics.outcome_total(want), n, "{what}: outcomes: {}", outcomes(proxy));
 }
 
-/// A status counter of the shared server, read until `f` accepts it (bounded).
-async fn status_until(name: &str, what: &str, f: impl Fn(u64) -> bool) -> u64 {
-    let db = mariadb();
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let v = tokio::task::block_in_place(|| db.status(name));
-        if f(v) {
-            return v;
-        }
-        assert!(Instant::now() < until, "timed out waiting for {name} {what}; last {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn plaintext_opts(port: u16, user: &str, schema: &str) -> mysql_async::Opts {
     let certs = &mariadb().certs;
     mysql_async::OptsBuilder::from_opts(async_opts(port, user, schema, PASSWORD, certs)).ssl_opts(None).into()
@@ -135,7 +121,7 @@ async fn closing_without_quit_is_client_closed() {
     all_counted_as(&proxy, 4, Outcome::ClientClosed, "mysql_async dropped").await;
 
     // The server saw each as an aborted client.
-    status_until("Aborted_clients", "grown by 4", |v| v >= aborted_before + 4).await;
+    status_until(db, "Aborted_clients", "grown by 4", |v| v >= aborted_before + 4).await;
 }
 
 /// Waits (bounded) until the server no longer lists thread `id`.
@@ -149,15 +135,19 @@ async fn thread_gone(id: u64) {
     }
 }
 
+/// The server's thread id for `conn` (through flexgate, not the greeting's id).
+async fn server_thread_id(conn: &mut mysql_async::Conn) -> u64 {
+    conn.query_first("SELECT CONNECTION_ID()")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no CONNECTION_ID()"))
+}
+
 /// Kills `id` while it is idle; the client finds out at its next query and drops the
 /// connection (mysql_async does so without COM_QUIT).
 async fn kill_idle(mut conn: mysql_async::Conn) {
     let db = mariadb();
-    let id: u64 = conn
-        .query_first("SELECT CONNECTION_ID()")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|| panic!("no CONNECTION_ID()"));
+    let id = server_thread_id(&mut conn).await;
     tokio::task::block_in_place(|| db.root_sql(&format!("KILL CONNECTION {id}")));
     thread_gone(id).await;
     // flexgate relays the server's close at once; leave it a moment before the next query.
@@ -171,11 +161,7 @@ async fn kill_idle(mut conn: mysql_async::Conn) {
 /// connection close.
 async fn kill_busy(mut conn: mysql_async::Conn) {
     let db = mariadb();
-    let id: u64 = conn
-        .query_first("SELECT CONNECTION_ID()")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|| panic!("no CONNECTION_ID()"));
+    let id = server_thread_id(&mut conn).await;
     let query = tokio::spawn(async move {
         let r: Result<Option<i64>, _> = conn.query_first("SELECT SLEEP(30)").await;
         drop(conn);

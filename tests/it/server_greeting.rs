@@ -4,7 +4,6 @@
 
 use std::process::Command;
 
-use aws_lc_rs::digest::{SHA256, digest};
 use mysql_async::prelude::*;
 
 use flexgate::metrics::Outcome;
@@ -90,25 +89,7 @@ async fn mysql_connector_python_logs_in_in_both_modes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_password_gets_the_servers_1045() {
-    let db = mariadb();
-    let (user, schema) = db.user();
-    let proxy = server_mode(db).await;
-
-    let mut c = cli(proxy.port(), &user, "wrong-password", &db.certs);
-    c.args(["-e", "SELECT 1"]);
-    let o = run(c).await;
-    assert!(stderr(&o).contains(&format!("ERROR 1045 (28000): Access denied for user '{user}'@")), "{}", stderr(&o));
-
-    let body = "pymysql.connect(host=host, port=port, user=user, password='nope', ssl={'ca': ca})";
-    let out = pymysql(proxy.port(), &user, &schema, PASSWORD, &db.certs, body).await;
-    assert!(out.starts_with("ERR 1045 Access denied"), "{out}");
-
-    let err = mysql_async::Conn::new(async_opts(proxy.port(), &user, &schema, "bad", &db.certs)).await.err();
-    match err {
-        Some(mysql_async::Error::Server(e)) => assert_eq!(e.code, 1045),
-        other => panic!("expected a server error 1045, got {other:?}"),
-    }
-    eventually("auth_failed == 3", || proxy.metrics.outcome_total(Outcome::AuthFailed) == 3).await;
+    crate::login::wrong_password_gets_1045(ProxyConfig::to(mariadb()).server_greeting()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -134,61 +115,12 @@ async fn ed25519_account_logs_in() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plaintext_client_gets_3159() {
-    let db = mariadb();
-    let (user, schema) = db.user();
-    let proxy = server_mode(db).await;
-    let body =
-        "c = pymysql.connect(host=host, port=port, user=user, password=pw, ssl_disabled=True)\nprint('connected')";
-    let out = pymysql(proxy.port(), &user, &schema, PASSWORD, &db.certs, body).await;
-    assert_eq!(
-        out.trim(),
-        "ERR 3159 Connections using insecure transport are prohibited while --require_secure_transport=ON."
-    );
-    let mut c = cli(proxy.port(), &user, PASSWORD, &db.certs);
-    c.args(["--skip-ssl", "--skip-ssl-verify-server-cert", "-e", "SELECT 1"]);
-    let o = run(c).await;
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("ERROR 3159 (HY000)"), "{}", stderr(&o));
-    eventually("insecure_transport_refused == 2", || {
-        proxy.metrics.outcome_total(Outcome::InsecureTransportRefused) == 2
-    })
-    .await;
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::tls::plaintext_gets_3159(ProxyConfig::to(mariadb()).server_greeting()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn blob_of_32_mib_round_trips_across_16_mib_packets() {
-    let db = mariadb();
-    let (user, schema) = db.user();
-    let proxy = server_mode(db).await;
-    let opts = mysql_async::OptsBuilder::from_opts(async_opts(proxy.port(), &user, &schema, PASSWORD, &db.certs))
-        .max_allowed_packet(Some(64 * 1024 * 1024));
-    let mut conn = mysql_async::Conn::new(opts).await.unwrap_or_else(|e| panic!("connect: {e}"));
-    conn.query_drop("CREATE TABLE blobs (id INT PRIMARY KEY, b LONGBLOB)").await.unwrap_or_else(|e| panic!("{e}"));
-    let len = 32 * 1024 * 1024 + 12_345;
-    let mut data = Vec::with_capacity(len);
-    let mut x: u32 = 0x9e37_79b9;
-    while data.len() < len {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        data.extend_from_slice(&x.to_le_bytes());
-    }
-    data.truncate(len);
-    let want = hex(digest(&SHA256, &data).as_ref());
-    conn.exec_drop("INSERT INTO blobs VALUES (1, ?)", (data,)).await.unwrap_or_else(|e| panic!("insert: {e}"));
-    let server_side: Option<String> =
-        conn.query_first("SELECT SHA2(b, 256) FROM blobs WHERE id = 1").await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(server_side.as_deref(), Some(want.as_str()), "the server stored different bytes");
-    let back: Option<Vec<u8>> =
-        conn.query_first("SELECT b FROM blobs WHERE id = 1").await.unwrap_or_else(|e| panic!("select: {e}"));
-    let back = back.unwrap_or_else(|| panic!("no row"));
-    assert_eq!(back.len(), len);
-    assert_eq!(hex(digest(&SHA256, &back).as_ref()), want, "the client received different bytes");
-    conn.disconnect().await.unwrap_or_else(|e| panic!("{e}"));
+    crate::data::blob_round_trips(ProxyConfig::to(mariadb()).server_greeting()).await;
 }
 
 /// The id from the greeting (mysql_async's `id()`, PyMySQL's `thread_id()`) against the

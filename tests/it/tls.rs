@@ -60,9 +60,14 @@ async fn min_version_13_refuses_a_tls12_only_client() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plaintext_client_gets_3159_by_default() {
+    plaintext_gets_3159(ProxyConfig::to(mariadb())).await;
+}
+
+/// Plaintext clients get 3159 before anything reaches the server; also run in server-greeting mode.
+pub(crate) async fn plaintext_gets_3159(cfg: ProxyConfig) {
     let db = mariadb();
     let (user, schema) = db.user();
-    let proxy = ProxyConfig::to(db).start(&db.certs).await;
+    let proxy = cfg.start(&db.certs).await;
     let body =
         "c = pymysql.connect(host=host, port=port, user=user, password=pw, ssl_disabled=True)\nprint('connected')";
     let out = pymysql(proxy.port(), &user, &schema, PASSWORD, &db.certs, body).await;
