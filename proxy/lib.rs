@@ -59,6 +59,7 @@ macro_rules! delegate_async_io {
 pub mod backend;
 pub mod config;
 pub mod events;
+pub mod firewall;
 pub mod limits;
 pub mod metrics;
 pub mod profile;
