@@ -64,6 +64,7 @@ pub mod limits;
 pub mod metrics;
 pub mod profile;
 pub mod protocol;
+pub mod proxy_protocol;
 pub mod registry;
 pub mod server;
 pub mod session;
