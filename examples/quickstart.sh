@@ -261,6 +261,8 @@ require_secure_transport = true
 name = "quickstart"
 address = "127.0.0.1:$port"
 handshake_timeout = "10s"
+# Nobody may connect unless allowed; here, this host only.
+allow = ["127.0.0.1", "::1"]
 EOF
 
 log "Checking $config"

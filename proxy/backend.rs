@@ -1,9 +1,11 @@
 //! Connecting to the server: TCP or Unix socket, then optionally TLS after the SSLRequest.
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use thiserror::Error;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::timeout;
 
@@ -63,12 +65,19 @@ pub struct Backend {
     label: String,
     connect_timeout: Duration,
     tls: Option<BackendTls>,
+    proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
 impl Backend {
     /// Assembles a backend from validated config and its (optional) TLS connector.
     pub fn new(cfg: &BackendConfig, tls: Option<BackendTls>) -> Self {
-        Self { address: cfg.address.clone(), label: cfg.address.to_string(), connect_timeout: cfg.connect_timeout, tls }
+        Self {
+            address: cfg.address.clone(),
+            label: cfg.address.to_string(),
+            connect_timeout: cfg.connect_timeout,
+            tls,
+            proxy_protocol: cfg.proxy_protocol,
+        }
     }
 
     /// The address as operators wrote it, for messages.
@@ -88,12 +97,19 @@ impl Backend {
 
     /// Opens the transport within `backend.connect_timeout`. Every attempt resolves and connects
     /// afresh, so a server that comes back is served again without a restart.
-    pub(crate) async fn dial(&self) -> Result<BackendStream, BackendError> {
+    ///
+    /// With `backend.proxy_protocol`, the PROXY header goes first, naming `client` (the real
+    /// client and the address it connected to), or none for flexgate's own connections.
+    pub(crate) async fn dial(&self, client: Option<(SocketAddr, SocketAddr)>) -> Result<BackendStream, BackendError> {
         let attempt = async {
             match &self.address {
                 BackendAddress::Tcp { host, port } => {
-                    let s = TcpStream::connect((host.as_str(), *port)).await?;
+                    let mut s = TcpStream::connect((host.as_str(), *port)).await?;
                     s.set_nodelay(true)?;
+                    if let Some(version) = self.proxy_protocol {
+                        let header = crate::proxy_protocol::encode(version, client.map(|c| c.0), client.map(|c| c.1));
+                        s.write_all(&header).await?;
+                    }
                     Ok(BackendStream::Tcp(s))
                 }
                 BackendAddress::Unix(path) => UnixStream::connect(path).await.map(BackendStream::Unix),

@@ -5,13 +5,22 @@
 //! forget. Every error names the file and the key, so that an operator can fix it without
 //! reading our source.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
+
+mod listener;
+mod network;
+
+pub use listener::{
+    ConnectRate, ConnectionLimits, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PREAUTH_PER_IP, ListenAddress, ListenerConfig,
+    ProxyProtocolIn, SourceRule,
+};
+pub use network::{DEFAULT_KEEP_STALE, DEFAULT_MAX_TTL, DEFAULT_MIN_TTL, DnsConfig, IpSetConfig};
 
 /// A configuration problem, located by file and key.
 #[derive(Debug, Error)]
@@ -36,20 +45,47 @@ impl fmt::Display for DisplayPath {
 }
 
 /// The whole validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Where it was loaded from; relative paths inside it were resolved against its directory.
     pub source: PathBuf,
     /// The server behind flexgate.
     pub backend: BackendConfig,
-    /// Client-facing TLS.
+    /// Client-facing TLS, the default of every listener.
     pub tls: ClientTlsConfig,
     /// Listening sockets, at least one.
     pub listeners: Vec<ListenerConfig>,
+    /// Named IP sets that `allow` and `deny` refer to as `@name`.
+    pub ipsets: BTreeMap<String, IpSetConfig>,
+    /// How hostnames in `allow` and `deny` are resolved.
+    pub dns: DnsConfig,
+}
+
+impl Config {
+    /// The config file and every file of it that a reload re-reads (certificates, keys, IP
+    /// sets): reload watches their directories. The backend's CA is read at startup only, like
+    /// the rest of `[backend]`.
+    pub fn referenced_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.source.clone()];
+        let mut tls = |t: &ClientTlsConfig| {
+            if let Some(id) = &t.identity {
+                files.push(id.cert.clone());
+                files.push(id.key.clone());
+            }
+        };
+        tls(&self.tls);
+        for l in &self.listeners {
+            tls(&l.tls);
+        }
+        files.extend(self.ipsets.values().map(|s| s.file.clone()));
+        files.sort();
+        files.dedup();
+        files
+    }
 }
 
 /// How to reach the server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
     /// TCP `host:port` or a Unix socket path.
     pub address: BackendAddress,
@@ -57,6 +93,9 @@ pub struct BackendConfig {
     pub connect_timeout: Duration,
     /// TLS on the flexgate → server leg.
     pub tls: BackendTlsConfig,
+    /// Send the client's address to the server in a PROXY protocol header, so that its
+    /// host-based grants and logs see the real client (MariaDB's `proxy_protocol_networks`).
+    pub proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
 /// Where the server listens.
@@ -98,7 +137,7 @@ pub enum BackendTlsMode {
 }
 
 /// Settings for TLS to the server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendTlsConfig {
     /// Protection level.
     pub mode: BackendTlsMode,
@@ -126,8 +165,8 @@ impl fmt::Display for TlsVersion {
     }
 }
 
-/// Client-facing TLS.
-#[derive(Debug, Clone)]
+/// Client-facing TLS: `[tls]`, or a listener's own `[listener.tls]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientTlsConfig {
     /// Certificate chain and key; without them flexgate does not offer TLS.
     pub identity: Option<TlsIdentity>,
@@ -138,25 +177,12 @@ pub struct ClientTlsConfig {
 }
 
 /// PEM files of a certificate chain and its private key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsIdentity {
     /// PEM chain, leaf first.
     pub cert: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
-}
-
-/// One listening socket.
-#[derive(Debug, Clone)]
-pub struct ListenerConfig {
-    /// Operator's name for it, used in logs.
-    pub name: String,
-    /// Where to listen.
-    pub address: SocketAddr,
-    /// Deadline for everything before the login completes.
-    pub handshake_timeout: Duration,
-    /// Whose greeting clients get.
-    pub greeting: GreetingMode,
 }
 
 /// Who greets a client: flexgate itself, or the server (dialled at accept).
@@ -183,7 +209,11 @@ struct RawConfig {
     #[serde(default)]
     tls: RawTls,
     #[serde(default)]
-    listener: Vec<RawListener>,
+    listener: Vec<listener::RawListener>,
+    #[serde(default)]
+    ipsets: BTreeMap<String, network::RawIpSet>,
+    #[serde(default)]
+    dns: network::RawDns,
 }
 
 #[derive(Deserialize)]
@@ -192,6 +222,7 @@ struct RawBackend {
     address: String,
     connect_timeout: Option<String>,
     tls: Option<RawBackendTls>,
+    proxy_protocol: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -202,22 +233,13 @@ struct RawBackendTls {
     server_name: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     min_version: Option<String>,
     require_secure_transport: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawListener {
-    name: String,
-    address: String,
-    handshake_timeout: Option<String>,
-    greeting: Option<String>,
 }
 
 impl Config {
@@ -235,17 +257,20 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| at.toml(text, &e))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let backend = backend(raw.backend, &at, base)?;
-        let tls = client_tls(raw.tls, &at, base)?;
+        let tls = client_tls(raw.tls.clone(), &at, base, "tls")?;
+        let ipsets = network::ipsets(raw.ipsets, &at, base)?;
+        let dns = network::dns(raw.dns, &at)?;
         if raw.listener.is_empty() {
             return Err(at.err("listener", "at least one [[listener]] is required".into()));
         }
         let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(raw.listener.len());
         for (i, l) in raw.listener.into_iter().enumerate() {
-            let l = listener(l, &at, i)?;
+            let l =
+                listener::listener(l, &listener::Context { at: &at, base, index: i, tls: &raw.tls, ipsets: &ipsets })?;
             if let Some(other) = listeners.iter().find(|o| o.name == l.name) {
                 return Err(at.err(&format!("listener[{i}].name"), format!("\"{}\" is used twice", other.name)));
             }
-            if l.address.port() != 0 && listeners.iter().any(|o| o.address == l.address) {
+            if !l.address.is_ephemeral() && listeners.iter().any(|o| o.address == l.address) {
                 return Err(at.err(&format!("listener[{i}].address"), format!("{} is used twice", l.address)));
             }
             if backend.connect_timeout >= l.handshake_timeout {
@@ -260,7 +285,7 @@ impl Config {
             }
             listeners.push(l);
         }
-        Ok(Self { source: path.to_path_buf(), backend, tls, listeners })
+        Ok(Self { source: path.to_path_buf(), backend, tls, listeners, ipsets, dns })
     }
 }
 
@@ -328,65 +353,60 @@ fn backend(raw: RawBackend, at: &Locator<'_>, base: &Path) -> Result<BackendConf
             "TLS over a Unix socket is not supported (the socket is already local); use mode = \"disabled\"".into(),
         ));
     }
-    Ok(BackendConfig { address, connect_timeout, tls })
+    let proxy_protocol = match raw.proxy_protocol.as_deref() {
+        None | Some("none") => None,
+        Some(v) => Some(crate::proxy_protocol::Version::parse(v).ok_or_else(|| {
+            at.err("backend.proxy_protocol", format!("\"{v}\" is not accepted; use \"v1\", \"v2\" or \"none\""))
+        })?),
+    };
+    if proxy_protocol.is_some() && matches!(address, BackendAddress::Unix(_)) {
+        return Err(at.err(
+            "backend.proxy_protocol",
+            "needs a TCP backend: over a Unix socket MariaDB would need \"localhost\" in \
+             proxy_protocol_networks, which lets every local process claim any address"
+                .into(),
+        ));
+    }
+    Ok(BackendConfig { address, connect_timeout, tls, proxy_protocol })
 }
 
-fn client_tls(raw: RawTls, at: &Locator<'_>, base: &Path) -> Result<ClientTlsConfig, ConfigError> {
+fn client_tls(raw: RawTls, at: &Locator<'_>, base: &Path, section: &str) -> Result<ClientTlsConfig, ConfigError> {
+    let key = |k: &str| format!("{section}.{k}");
     let min_version = match raw.min_version.as_deref() {
         None | Some("1.2") => TlsVersion::Tls12,
         Some("1.3") => TlsVersion::Tls13,
         Some(v @ ("1.0" | "1.1")) => {
             return Err(at.err(
-                "tls.min_version",
+                &key("min_version"),
                 format!("TLS {v} is insecure and not supported; accepted values: \"1.2\", \"1.3\""),
             ));
         }
-        Some(v) => return Err(at.err("tls.min_version", format!("\"{v}\" is not accepted; use \"1.2\" or \"1.3\""))),
+        Some(v) => {
+            return Err(at.err(&key("min_version"), format!("\"{v}\" is not accepted; use \"1.2\" or \"1.3\"")));
+        }
     };
     let identity = match (raw.cert, raw.key) {
-        (Some(cert), Some(key)) => Some(TlsIdentity {
-            cert: existing_file(base, cert).map_err(|p| at.err("tls.cert", p))?,
-            key: existing_file(base, key).map_err(|p| at.err("tls.key", p))?,
+        (Some(cert), Some(k)) => Some(TlsIdentity {
+            cert: existing_file(base, cert).map_err(|p| at.err(&key("cert"), p))?,
+            key: existing_file(base, k).map_err(|p| at.err(&key("key"), p))?,
         }),
         (None, None) => None,
-        (Some(_), None) => return Err(at.err("tls.key", "missing: tls.cert needs its private key".into())),
-        (None, Some(_)) => return Err(at.err("tls.cert", "missing: tls.key needs its certificate".into())),
+        (Some(_), None) => {
+            return Err(at.err(&key("key"), format!("missing: {section}.cert needs its private key")));
+        }
+        (None, Some(_)) => return Err(at.err(&key("cert"), format!("missing: {section}.key needs its certificate"))),
     };
     let require_secure_transport = raw.require_secure_transport.unwrap_or(true);
     if require_secure_transport && identity.is_none() {
         return Err(at.err(
-            "tls.cert",
-            "required while tls.require_secure_transport = true (the default); give tls.cert and tls.key, \
-             or allow plaintext with require_secure_transport = false"
-                .into(),
+            &key("cert"),
+            format!(
+                "required while {section}.require_secure_transport = true (the default); give {section}.cert and \
+                 {section}.key, or allow plaintext with require_secure_transport = false"
+            ),
         ));
     }
     Ok(ClientTlsConfig { identity, min_version, require_secure_transport })
-}
-
-fn listener(raw: RawListener, at: &Locator<'_>, i: usize) -> Result<ListenerConfig, ConfigError> {
-    let key = |k: &str| format!("listener[{i}].{k}");
-    if raw.name.trim().is_empty() {
-        return Err(at.err(&key("name"), "must not be empty".into()));
-    }
-    let address: SocketAddr = raw.address.parse().map_err(|_| {
-        at.err(
-            &key("address"),
-            format!("\"{}\" is not an IP:port such as \"0.0.0.0:3306\" or \"[::]:3306\"", raw.address),
-        )
-    })?;
-    let handshake_timeout = duration_or(raw.handshake_timeout.as_deref(), DEFAULT_HANDSHAKE_TIMEOUT)
-        .map_err(|p| at.err(&key("handshake_timeout"), p))?;
-    let greeting = match raw.greeting.as_deref() {
-        None | Some("flexgate") => GreetingMode::Flexgate,
-        Some("server") => GreetingMode::Server,
-        Some(other) => {
-            return Err(
-                at.err(&key("greeting"), format!("\"{other}\" is not accepted; use \"flexgate\" or \"server\""))
-            );
-        }
-    };
-    Ok(ListenerConfig { name: raw.name, address, handshake_timeout, greeting })
 }
 
 fn backend_address(s: &str, base: &Path) -> Result<BackendAddress, String> {

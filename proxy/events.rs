@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Events a slow subscriber may fall behind by before it loses some.
 pub const CAPACITY: usize = 4096;
@@ -98,6 +98,35 @@ pub struct Transport {
     pub cipher: Option<&'static str>,
 }
 
+/// Where a client connected from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientAddr {
+    /// A TCP client: the address it connected from, or the one its trusted PROXY protocol
+    /// header carried.
+    Tcp(SocketAddr),
+    /// A client on a Unix-socket listener, which has no address (and is local).
+    Unix,
+}
+
+impl ClientAddr {
+    /// The IP address, for rules and limits that key on it.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Self::Tcp(a) => Some(a.ip()),
+            Self::Unix => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(a) => a.fmt(f),
+            Self::Unix => f.write_str("unix"),
+        }
+    }
+}
+
 /// One login or change-user attempt. Holds no secret: user names and attributes are what the
 /// client announced, cut to a loggable length.
 #[derive(Debug, Clone)]
@@ -109,7 +138,7 @@ pub struct LoginEvent {
     /// The listener's name.
     pub listener: Arc<str>,
     /// The client's address.
-    pub client: SocketAddr,
+    pub client: ClientAddr,
     /// The account name the client sent, if it got that far.
     pub user: Option<String>,
     /// The initial schema.
@@ -126,6 +155,10 @@ pub struct LoginEvent {
     pub outcome: LoginOutcome,
     /// From the start of the attempt (accept, or the change-user command) to its end.
     pub duration: Duration,
+    /// Refused at connect by the firewall, a limit or a PROXY header check: what a scan or a
+    /// flood produces, so the log subscriber keeps these out of the info log (the session
+    /// logs them rate-limited instead).
+    pub at_connect: bool,
 }
 
 /// Where sessions publish login events. Cloning shares the channel.
@@ -166,6 +199,10 @@ pub async fn log_events(mut rx: broadcast::Receiver<Arc<LoginEvent>>) {
 }
 
 fn log(e: &LoginEvent) {
+    if e.at_connect {
+        debug!(target: "flexgate::login", listener = %e.listener, client = %e.client, outcome = e.outcome.as_str(), "login");
+        return;
+    }
     info!(
         target: "flexgate::login",
         kind = e.kind.as_str(),
@@ -204,7 +241,7 @@ mod tests {
             at: SystemTime::UNIX_EPOCH,
             kind: LoginKind::Connect,
             listener: "l".into(),
-            client: SocketAddr::from(([127, 0, 0, 1], 1)),
+            client: ClientAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 1))),
             user: Some("u".into()),
             database: None,
             program: None,
@@ -213,6 +250,7 @@ mod tests {
             plugin: None,
             outcome: LoginOutcome::ServerRefused { code: n },
             duration: Duration::ZERO,
+            at_connect: false,
         }
     }
 

@@ -66,6 +66,8 @@ pub mod profile;
 pub mod protocol;
 pub mod proxy_protocol;
 pub mod registry;
+pub mod runtime;
 pub mod server;
 pub mod session;
 pub mod tls;
+pub mod watch;

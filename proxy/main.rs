@@ -112,7 +112,20 @@ async fn run(path: PathBuf) -> Result<(), String> {
         Err(e) => warn!(error = %e, "cannot read or raise the open-file limit"),
     }
     let proxy = Proxy::build(&cfg).map_err(|e| e.to_string())?;
-    let bound = proxy.bind().await.map_err(|e| e.to_string())?;
+    let bound = proxy.bind().await.map_err(|e| e.to_string())?.watch_files();
+    let reloader = bound.reloader();
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            warn!("cannot handle SIGHUP; config changes are still picked up from the files");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            info!("SIGHUP: reloading the config");
+            if reloader.reload().await.is_none() {
+                break;
+            }
+        }
+    });
     info!(
         version = env!("CARGO_PKG_VERSION"),
         backend = %cfg.backend.address,

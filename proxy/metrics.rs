@@ -44,11 +44,17 @@ pub enum Outcome {
     PluginAuthRequired,
     /// The live server no longer offered what the greeting promised.
     ServerChanged,
+    /// The firewall refused the client's address (ERR 1130).
+    HostNotAllowed,
+    /// A connection limit refused the client (ERR 1040).
+    TooManyConnections,
+    /// A PROXY protocol header was missing, malformed, or from a peer not trusted to send one.
+    ProxyHeaderRefused,
 }
 
 impl Outcome {
     /// Every outcome, in counter order.
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 22] = [
         Self::Quit,
         Self::ClientClosed,
         Self::ServerClosed,
@@ -68,6 +74,9 @@ impl Outcome {
         Self::HandshakeTimeout,
         Self::PluginAuthRequired,
         Self::ServerChanged,
+        Self::HostNotAllowed,
+        Self::TooManyConnections,
+        Self::ProxyHeaderRefused,
     ];
 
     /// The label used in logs.
@@ -92,6 +101,9 @@ impl Outcome {
             Self::HandshakeTimeout => "handshake_timeout",
             Self::PluginAuthRequired => "plugin_auth_required",
             Self::ServerChanged => "server_changed",
+            Self::HostNotAllowed => "host_not_allowed",
+            Self::TooManyConnections => "too_many_connections",
+            Self::ProxyHeaderRefused => "proxy_header_refused",
         }
     }
 }

@@ -1,133 +1,232 @@
-//! Listeners, accept loops and shutdown. The only module that spawns long-lived tasks.
+//! Listeners, accept loops, reload and shutdown. The only module that spawns long-lived tasks.
+//!
+//! Each listener's accept loop holds its context in an [`ArcSwap`]: a reload stores a new one,
+//! and every session keeps the `Arc` it was accepted with. Reloads run on the serving task, one
+//! at a time, so two reloads never race; a request from [`Reloader`] (SIGHUP, tests) and a
+//! change seen by the file watcher take the same path.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use thiserror::Error;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::backend::Backend;
-use crate::config::{Config, DisplayPath};
-use crate::events::{self, LoginEvents};
+use crate::config::{Config, ListenAddress};
+use crate::events::{self, ClientAddr, LoginEvents};
+use crate::firewall::dns::HostEntry;
 use crate::metrics::Metrics;
 use crate::profile::ProfileCell;
 use crate::registry::SessionRegistry;
-use crate::session::{self, ListenerContext};
-use crate::tls::{self, TlsSetupError};
+use crate::runtime::{BuildError, Shared, Snapshot, describe_changes, fingerprint};
+use crate::session::{self, ListenerContext, Origin};
+use crate::watch::FileWatcher;
 
-/// Why flexgate could not start serving.
+/// Why flexgate could not start serving (or a reload could not take effect).
 #[derive(Debug, Error)]
 pub enum SetupError {
-    /// A certificate, key or CA named in the config could not be used.
-    #[error("{file}: {source}")]
-    Tls {
-        /// The config file.
-        file: DisplayPath,
-        /// What was wrong.
-        source: TlsSetupError,
-    },
+    /// The config, or a file it names, is unusable.
+    #[error(transparent)]
+    Build(#[from] BuildError),
     /// A listening socket could not be opened.
     #[error("listener \"{listener}\": cannot listen on {address}: {source}")]
     Bind {
         /// Listener name.
         listener: String,
         /// Address.
-        address: SocketAddr,
+        address: String,
         /// The OS error.
         source: io::Error,
     },
 }
 
-/// What the running proxy owns and every listener shares.
-#[derive(Debug, Clone)]
-struct Shared {
-    backend: Arc<Backend>,
-    profile: Arc<ProfileCell>,
-    registry: Arc<SessionRegistry>,
-    events: LoginEvents,
-    metrics: Arc<Metrics>,
-}
+/// How long startup and reloads wait for the first answer for new hostnames in rules, so that
+/// a listener does not open with them matching nothing. A lookup that takes longer goes on in
+/// the background.
+const FIRST_RESOLUTION: Duration = Duration::from_secs(5);
 
 /// Everything built from a config, ready to bind. Building it is the whole of `check-config`
-/// beyond parsing: certificates and keys are loaded and matched here.
+/// beyond parsing: certificates, keys and IP sets are loaded and checked here.
 #[derive(Debug)]
 pub struct Proxy {
-    listeners: Vec<(SocketAddr, Arc<ListenerContext>)>,
-    shared: Shared,
+    shared: Arc<Shared>,
+    snapshot: Snapshot,
 }
 
 impl Proxy {
-    /// Loads TLS material and assembles per-listener contexts.
+    /// Loads every file the config names and assembles per-listener contexts.
     pub fn build(cfg: &Config) -> Result<Self, SetupError> {
-        let file = || DisplayPath(cfg.source.clone());
-        let server_tls = tls::server_config(&cfg.tls).map_err(|source| SetupError::Tls { file: file(), source })?;
-        let backend_tls =
-            tls::backend_config(&cfg.backend).map_err(|source| SetupError::Tls { file: file(), source })?;
-        let shared = Shared {
-            backend: Arc::new(Backend::new(&cfg.backend, backend_tls)),
-            profile: Arc::default(),
-            registry: Arc::default(),
-            events: LoginEvents::default(),
-            metrics: Arc::default(),
-        };
-        let acceptor = server_tls.map(tokio_rustls::TlsAcceptor::from);
-        let listeners = cfg
-            .listeners
-            .iter()
-            .map(|l| {
-                let ctx = ListenerContext {
-                    listener: l.name.as_str().into(),
-                    handshake_timeout: l.handshake_timeout,
-                    tls: acceptor.clone(),
-                    min_tls: cfg.tls.min_version,
-                    require_secure_transport: cfg.tls.require_secure_transport,
-                    greeting: l.greeting,
-                    backend: shared.backend.clone(),
-                    profile: shared.profile.clone(),
-                    registry: shared.registry.clone(),
-                    events: shared.events.clone(),
-                    metrics: shared.metrics.clone(),
-                };
-                (l.address, Arc::new(ctx))
-            })
-            .collect();
-        Ok(Self { listeners, shared })
+        let shared = Arc::new(Shared::new(cfg)?);
+        let snapshot = Snapshot::build(cfg.clone(), &shared, 1)?;
+        snapshot.log_rules();
+        Ok(Self { shared, snapshot })
     }
 
     /// Opens every listening socket, or none.
     pub async fn bind(self) -> Result<Bound, SetupError> {
-        let mut bound = Vec::with_capacity(self.listeners.len());
-        for (address, ctx) in self.listeners {
-            let l = TcpListener::bind(address).await.map_err(|source| SetupError::Bind {
-                listener: ctx.listener.to_string(),
-                address,
-                source,
-            })?;
-            bound.push((l, ctx));
+        let mut sockets = BTreeMap::new();
+        for (name, l) in &self.snapshot.listeners {
+            sockets.insert(name.clone(), Socket::bind(name, &l.config.address).await?);
         }
-        Ok(Bound { listeners: bound, shared: self.shared })
+        let (requests, reload_rx) = mpsc::channel(4);
+        let (status, _) = watch::channel(ReloadStatus::first(&sockets));
+        Ok(Bound { shared: self.shared, snapshot: self.snapshot, sockets, requests, reload_rx, status, watch: false })
+    }
+}
+
+/// A bound listening socket.
+#[derive(Debug)]
+enum Socket {
+    Tcp(TcpListener),
+    /// The path is removed when the listener stops.
+    Unix(UnixListener, PathBuf),
+}
+
+impl Socket {
+    async fn bind(name: &str, address: &ListenAddress) -> Result<Self, SetupError> {
+        let err = |source| SetupError::Bind { listener: name.to_owned(), address: address.to_string(), source };
+        match address {
+            ListenAddress::Tcp(a) => TcpListener::bind(a).await.map(Socket::Tcp).map_err(err),
+            ListenAddress::Unix { path, mode } => {
+                refuse_live_socket(path).map_err(err)?;
+                // Bound under a temporary name, given its mode, then renamed into place: the
+                // socket is never reachable with the umask's permissions.
+                let mut staging = path.clone().into_os_string();
+                staging.push(format!(".flexgate-{}", std::process::id()));
+                let staging = PathBuf::from(staging);
+                let _ = std::fs::remove_file(&staging);
+                let l = UnixListener::bind(&staging).map_err(err)?;
+                let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(*mode))
+                    .and_then(|()| std::fs::rename(&staging, path));
+                if let Err(e) = placed {
+                    let _ = std::fs::remove_file(&staging);
+                    return Err(err(e));
+                }
+                Ok(Socket::Unix(l, path.clone()))
+            }
+        }
+    }
+
+    fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Tcp(l) => l.local_addr().ok(),
+            Self::Unix(..) => None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Tcp(l) => l.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+            Self::Unix(_, p) => format!("unix:{}", p.display()),
+        }
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if let Self::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A socket file left by a flexgate that did not stop cleanly is replaced; one that something
+/// still listens on is not, and neither is a file that is not a socket.
+fn refuse_live_socket(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => Err(io::Error::new(io::ErrorKind::AddrInUse, "another process is listening on this socket")),
+            Err(_) => Ok(()),
+        },
+        Ok(_) => Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket; not replacing it")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The outcome of the latest reload, and where the listeners are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// The generation in force (1 is the startup config).
+    pub generation: u64,
+    /// Reload attempts so far, successful or not.
+    pub attempts: u64,
+    /// What the last attempt changed, or why it was rejected.
+    pub last: Result<String, String>,
+    /// Each listener's name and bound address (`unix:/path` for a Unix socket).
+    pub listeners: Vec<(String, String)>,
+}
+
+impl ReloadStatus {
+    fn first(sockets: &BTreeMap<String, Socket>) -> Self {
+        Self { generation: 1, attempts: 0, last: Ok("started".into()), listeners: describe(sockets.iter()) }
+    }
+}
+
+fn describe<'a>(sockets: impl Iterator<Item = (&'a String, &'a Socket)>) -> Vec<(String, String)> {
+    sockets.map(|(n, s)| (n.clone(), s.describe())).collect()
+}
+
+/// Asks the serving task to reload its config file. Cloneable; SIGHUP and tests use it.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    requests: mpsc::Sender<oneshot::Sender<ReloadStatus>>,
+    status: watch::Receiver<ReloadStatus>,
+}
+
+impl Reloader {
+    /// Reloads now and returns the result; `None` if the proxy has stopped.
+    pub async fn reload(&self) -> Option<ReloadStatus> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.send(tx).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Follows every reload, including those the file watcher starts.
+    pub fn status(&self) -> watch::Receiver<ReloadStatus> {
+        self.status.clone()
     }
 }
 
 /// Listening sockets, ready to serve.
 #[derive(Debug)]
 pub struct Bound {
-    listeners: Vec<(TcpListener, Arc<ListenerContext>)>,
-    shared: Shared,
+    shared: Arc<Shared>,
+    snapshot: Snapshot,
+    sockets: BTreeMap<String, Socket>,
+    requests: mpsc::Sender<oneshot::Sender<ReloadStatus>>,
+    reload_rx: mpsc::Receiver<oneshot::Sender<ReloadStatus>>,
+    status: watch::Sender<ReloadStatus>,
+    watch: bool,
 }
 
 impl Bound {
-    /// Each listener's name and actual address (useful when the config asked for port 0).
+    /// Each TCP listener's name and actual address (useful when the config asked for port 0),
+    /// in config order.
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.listeners
-            .iter()
-            .filter_map(|(l, ctx)| l.local_addr().ok().map(|a| (ctx.listener.to_string(), a)))
-            .collect()
+        let names = self.snapshot.config.listeners.iter().map(|l| &l.name);
+        names.filter_map(|n| self.sockets.get(n).and_then(Socket::local_addr).map(|a| (n.clone(), a))).collect()
+    }
+
+    /// Reload also when the config file or a file it names changes.
+    pub fn watch_files(mut self) -> Self {
+        self.watch = true;
+        self
+    }
+
+    /// A handle to reload the config.
+    pub fn reloader(&self) -> Reloader {
+        Reloader { requests: self.requests.clone(), status: self.status.subscribe() }
     }
 
     /// Counters shared by all sessions.
@@ -150,6 +249,11 @@ impl Bound {
         self.shared.registry.clone()
     }
 
+    /// A listener's counts and refusal counters, which survive reloads.
+    pub fn gate(&self, listener: &str) -> Arc<crate::firewall::ListenerGate> {
+        self.shared.gate(listener)
+    }
+
     /// Serves until `shutdown` is cancelled, then stops accepting and gives open sessions
     /// `grace` to finish before returning (their tasks are then dropped, closing the sockets).
     ///
@@ -157,23 +261,257 @@ impl Bound {
     /// flexgate's greeting is built from; if the server is down, the first client's session
     /// learns it instead.
     pub async fn serve(self, shutdown: CancellationToken, grace: Duration) {
+        let Self { shared, snapshot, sockets, requests: _, mut reload_rx, status, watch } = self;
         let tasks = TaskTracker::new();
-        let log = tokio::spawn(events::log_events(self.shared.events.subscribe()));
-        let (backend, profile) = (self.shared.backend.clone(), self.shared.profile.clone());
+        let log = tokio::spawn(events::log_events(shared.events.subscribe()));
+        let (backend, profile) = (shared.backend.clone(), shared.profile.clone());
         tasks.spawn(async move {
             if let Err(e) = session::probe(&backend, &profile).await {
                 warn!(error = %e, "cannot learn the server profile yet; the first client will wait for the server");
             }
         });
-        for (listener, ctx) in self.listeners {
-            tasks.spawn(accept_loop(listener, ctx, shutdown.clone(), tasks.clone()));
+        let watched = snapshot.config.referenced_files();
+        let last_seen = Some(fingerprint(&watched));
+        let mut server = Serving {
+            shared,
+            snapshot,
+            live: BTreeMap::new(),
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
+            watched,
+            last_seen,
+            attempted: Vec::new(),
+        };
+        server.start_refreshers();
+        wait_resolved(&server.snapshot.hosts).await;
+        for (name, socket) in sockets {
+            if let Some(plan) = server.snapshot.listeners.get(&name) {
+                let ctx = plan.context.clone();
+                server.spawn_listener(name, socket, plan.config.address.clone(), ctx);
+            }
         }
-        shutdown.cancelled().await;
+        let (changed_tx, mut changed_rx) = mpsc::channel(1);
+        let mut watcher = if watch {
+            match FileWatcher::new(changed_tx) {
+                Ok(mut w) => {
+                    w.watch(&server.watched);
+                    Some(w)
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot watch config files; SIGHUP still reloads");
+                    None
+                }
+            }
+        } else {
+            drop(changed_tx);
+            None
+        };
+        let mut attempts = 0u64;
+        loop {
+            let (reply, forced) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(reply) = reload_rx.recv() => (Some(reply), true),
+                Some(()) = changed_rx.recv() => (None, false),
+            };
+            // `None`: the watcher saw a change to nothing flexgate reads.
+            let Some(last) = server.reload(forced).await else { continue };
+            attempts += 1;
+            if let Some(w) = &mut watcher {
+                w.watch(&server.watched);
+            }
+            let st = ReloadStatus {
+                generation: server.snapshot.generation,
+                attempts,
+                last,
+                listeners: server.live.iter().map(|(n, l)| (n.clone(), l.described.clone())).collect(),
+            };
+            status.send_replace(st.clone());
+            if let Some(reply) = reply {
+                let _ = reply.send(st);
+            }
+        }
+        drop(watcher);
         tasks.close();
         if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-            warn!(grace = ?grace, open = self.shared.metrics.active(), "sessions still open after the grace period; closing them");
+            warn!(grace = ?grace, open = server.shared.metrics.active(), "sessions still open after the grace period; closing them");
         }
         log.abort();
+    }
+}
+
+/// Waits (bounded) for the first answer of every hostname in rules. One after another: they
+/// all resolve concurrently in their refreshers, so the wait is the slowest one's.
+async fn wait_resolved(hosts: &[Arc<HostEntry>]) {
+    let all = async {
+        for h in hosts {
+            h.resolved().await;
+        }
+    };
+    if tokio::time::timeout(FIRST_RESOLUTION, all).await.is_err() {
+        warn!("some hostnames in rules are not resolved yet; they allow nothing until they are");
+    }
+}
+
+/// One running listener.
+struct Live {
+    context: Arc<ArcSwap<ListenerContext>>,
+    address: ListenAddress,
+    described: String,
+    stop: CancellationToken,
+}
+
+/// The serving task's state.
+struct Serving {
+    shared: Arc<Shared>,
+    snapshot: Snapshot,
+    live: BTreeMap<String, Live>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    /// The files whose change may mean a reload: the running config's and the last
+    /// attempted one's.
+    watched: Vec<PathBuf>,
+    /// Their digest when they were last read for a reload.
+    last_seen: Option<[u8; 32]>,
+    /// The files the last attempted config names (it may have been rejected).
+    attempted: Vec<PathBuf>,
+}
+
+impl Serving {
+    fn start_refreshers(&mut self) {
+        for r in self.snapshot.refreshers.drain(..) {
+            // Refreshers end on their own when no rule names their host any more.
+            tokio::spawn(r);
+        }
+    }
+
+    fn spawn_listener(&mut self, name: String, socket: Socket, address: ListenAddress, ctx: Arc<ListenerContext>) {
+        let context = Arc::new(ArcSwap::new(ctx));
+        let stop = self.shutdown.child_token();
+        let described = socket.describe();
+        self.tasks.spawn(accept_loop(socket, context.clone(), stop.clone(), self.tasks.clone()));
+        self.live.insert(name, Live { context, address, described, stop });
+    }
+
+    /// Loads the config file again and, if it is valid and every new socket binds, swaps it in.
+    /// `None` when nothing flexgate reads changed (a watcher event for another file).
+    async fn reload(&mut self, forced: bool) -> Option<Result<String, String>> {
+        // The digest is taken before anything is read for the attempt: a file that changes
+        // while the reload runs differs from it, so its own event reloads again.
+        let files = self.watched.clone();
+        let seen = tokio::task::spawn_blocking(move || fingerprint(&files)).await.ok();
+        if !forced && seen.is_some() && seen == self.last_seen {
+            return None;
+        }
+        self.last_seen = seen;
+        let generation = self.snapshot.generation + 1;
+        let result = self.try_reload(generation).await;
+        match &result {
+            Ok(changes) => info!(generation, changes = %changes, "config reloaded"),
+            Err(e) => error!(
+                generation = self.snapshot.generation,
+                error = %e,
+                "config reload rejected; the running config stays in force"
+            ),
+        }
+        // Watch what runs and what was attempted: a rejected config that names a file not yet
+        // there is retried when the file appears. A rejected attempt is not retried until
+        // something it reads changes.
+        let mut watched = self.snapshot.config.referenced_files();
+        watched.append(&mut self.attempted);
+        watched.sort();
+        watched.dedup();
+        if watched != self.watched {
+            self.watched = watched;
+            self.last_seen = None;
+        }
+        Some(result)
+    }
+
+    async fn try_reload(&mut self, generation: u64) -> Result<String, String> {
+        let path = self.snapshot.config.source.clone();
+        // Reading and building parse files (a Service Tags file is megabytes of JSON): off the
+        // runtime's worker threads.
+        let shared = self.shared.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let cfg = Config::load(&path).map_err(|e| (e.to_string(), Vec::new()))?;
+            let files = cfg.referenced_files();
+            let restart = shared.needs_restart(&cfg);
+            Snapshot::build(cfg, &shared, generation).map(|s| (s, restart)).map_err(|e| (e.to_string(), files))
+        })
+        .await
+        .map_err(|e| format!("building the new config failed unexpectedly ({e}); this is a bug"))?;
+        let (mut next, restart) = built.map_err(|(e, files)| {
+            self.attempted = files;
+            e
+        })?;
+        self.attempted = next.config.referenced_files();
+        // Bind every new or moved listener before changing anything, so that a port in use
+        // rejects the reload as a whole.
+        let mut new_sockets = BTreeMap::new();
+        for (name, plan) in &next.listeners {
+            let address = &plan.config.address;
+            if self.live.get(name).is_some_and(|l| l.address.same_socket(address)) {
+                continue;
+            }
+            let conflict = self.live.iter().find(|(n, l)| *n != name && l.address.same_socket(address));
+            if let Some((other, _)) = conflict.filter(|_| !address.is_ephemeral()) {
+                return Err(format!(
+                    "listener \"{name}\": {address} is held by listener \"{other}\" of the running config; renaming \
+                     or swapping listeners on one address needs a restart"
+                ));
+            }
+            let socket = Socket::bind(name, address).await.map_err(|e| e.to_string())?;
+            new_sockets.insert(name.clone(), socket);
+        }
+        next.log_warnings();
+        for r in next.refreshers.drain(..) {
+            tokio::spawn(r);
+        }
+        tokio::select! {
+            () = wait_resolved(&next.hosts) => {}
+            () = self.shutdown.cancelled() => return Err("shutting down".into()),
+        }
+        let mut changes = describe_changes(&self.snapshot, &next);
+        for (name, plan) in &next.listeners {
+            if new_sockets.contains_key(name) {
+                continue;
+            }
+            if let Some(l) = self.live.get_mut(name) {
+                if let (ListenAddress::Unix { path, mode }, ListenAddress::Unix { mode: old, .. }) =
+                    (&plan.config.address, &l.address)
+                    && mode != old
+                {
+                    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode)) {
+                        warn!(listener = %name, error = %e, "cannot change the socket's mode");
+                    }
+                    l.address = plan.config.address.clone();
+                }
+                l.context.store(plan.context.clone());
+            }
+        }
+        let gone: Vec<String> = self
+            .live
+            .iter()
+            .filter(|(n, l)| next.listeners.get(*n).is_none_or(|p| !p.config.address.same_socket(&l.address)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            if let Some(l) = self.live.remove(&name) {
+                // Stops accepting; its sessions go on under the context they started with.
+                l.stop.cancel();
+            }
+        }
+        for (name, socket) in new_sockets {
+            if let Some(plan) = next.listeners.get(&name) {
+                let (address, ctx) = (plan.config.address.clone(), plan.context.clone());
+                self.spawn_listener(name, socket, address, ctx);
+            }
+        }
+        if !restart.is_empty() {
+            changes.push_str(&format!("; changes to [{}] apply only after a restart", restart.join("], [")));
+        }
+        self.snapshot = next;
+        Ok(changes)
     }
 }
 
@@ -183,27 +521,39 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one "accept failed" line per listener in this period; the rest are counted.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// An accepted connection of either kind.
+enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept_one(socket: &Socket) -> io::Result<Accepted> {
+    match socket {
+        Socket::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
+        Socket::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    }
+}
+
 async fn accept_loop(
-    listener: TcpListener,
-    ctx: Arc<ListenerContext>,
-    shutdown: CancellationToken,
+    socket: Socket,
+    context: Arc<ArcSwap<ListenerContext>>,
+    stop: CancellationToken,
     tasks: TaskTracker,
 ) {
-    if let Ok(addr) = listener.local_addr() {
-        info!(listener = %ctx.listener, address = %addr, greeting = ?ctx.greeting, "listening");
-    }
+    let name = context.load().listener.clone();
+    info!(listener = %name, address = %socket.describe(), greeting = ?context.load().greeting, "listening");
     let mut last_log: Option<tokio::time::Instant> = None;
     let mut suppressed: u64 = 0;
     loop {
-        let (sock, peer) = tokio::select! {
-            r = listener.accept() => match r {
+        let accepted = tokio::select! {
+            r = accept_one(&socket) => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS and aborted handshakes are transient: back off,
                     // keep serving, and say so without flooding the log.
                     let now = tokio::time::Instant::now();
                     if last_log.is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_EVERY) {
-                        error!(listener = %ctx.listener, error = %e, suppressed, "accept failed; backing off");
+                        error!(listener = %name, error = %e, suppressed, "accept failed; backing off");
                         last_log = Some(now);
                         suppressed = 0;
                     } else {
@@ -211,16 +561,31 @@ async fn accept_loop(
                     }
                     tokio::select! {
                         () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
-                        () = shutdown.cancelled() => return,
+                        () = stop.cancelled() => break,
                     }
                     continue;
                 }
             },
-            () = shutdown.cancelled() => return,
+            () = stop.cancelled() => break,
         };
-        let _ = sock.set_nodelay(true);
+        // Each session keeps the context current at its accept, whatever reloads follow.
+        let ctx = context.load_full();
         // Sessions outlive the accept loop by the grace period only: `serve` stops waiting for
         // them then, and dropping the runtime closes what is left.
-        tasks.spawn(session::run(sock, peer, ctx.clone()));
+        match accepted {
+            Accepted::Tcp(sock, peer) => {
+                let _ = sock.set_nodelay(true);
+                // A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d; logs, events and
+                // limits use the IPv4 form, as they do for a PROXY header's address.
+                let peer = SocketAddr::new(crate::firewall::canonical(peer.ip()), peer.port());
+                let origin = Origin { peer: ClientAddr::Tcp(peer), local: sock.local_addr().ok() };
+                tasks.spawn(session::run(sock, origin, ctx));
+            }
+            Accepted::Unix(sock) => {
+                tasks.spawn(session::run(sock, Origin { peer: ClientAddr::Unix, local: None }, ctx));
+            }
+        }
     }
+    // Dropping the socket closes it (and removes a Unix socket's file).
+    info!(listener = %name, "stopped listening");
 }

@@ -3,26 +3,32 @@
 //!
 //! Pure: plain data in, a [`Decision`] out, tested without sockets. The session asks at each
 //! point where it could refuse: when a client connects (nothing has been sent yet), and when it
-//! has identified itself (a HandshakeResponse or a `COM_CHANGE_USER`). The network firewall and
-//! the key breaker will decide at [`Request::Connect`]; the choice between the server's own
-//! authentication and Entra tokens at [`Request::Login`]. Each becomes a new field of the
-//! input and a new variant of the output, not a new code path in the session.
+//! has identified itself (a HandshakeResponse or a `COM_CHANGE_USER`). The network firewall
+//! decides at [`Request::Connect`], and the key breaker will; the choice between the server's
+//! own authentication and Entra tokens at [`Request::Login`]. Each is a field of the input and
+//! a variant of the output, not a new code path in the session.
+//!
+//! Connection limits are not here: they are counts that change with every connection, kept
+//! by [`crate::firewall::Quota`], whose own check is pure in the same way.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::time::SystemTime;
 
-use crate::events::LoginKind;
+use crate::events::{ClientAddr, LoginKind};
+use crate::firewall::{LimitHit, Rules, Verdict};
 use crate::protocol::Capabilities;
 
 pub use crate::config::GreetingMode;
 
 /// A listener's rules, as the admission decision needs them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
     /// MySQL's `require_secure_transport`.
     pub require_secure_transport: bool,
     /// Whose greeting the client got.
     pub greeting: GreetingMode,
+    /// The listener's allow and deny lists.
+    pub firewall: &'a Rules,
 }
 
 /// The client as flexgate knows it when deciding.
@@ -30,12 +36,19 @@ pub struct Policy {
 pub struct Peer<'a> {
     /// The listener's name.
     pub listener: &'a str,
-    /// The client's address, as accepted (later: as the PROXY protocol header says).
-    pub addr: SocketAddr,
-    /// The negotiated TLS version, or `None` for plaintext. A Unix socket will count as secure.
+    /// The client's address: as accepted, or as a trusted PROXY protocol header carried it.
+    pub addr: ClientAddr,
+    /// The negotiated TLS version, or `None` for plaintext.
     pub tls: Option<&'static str>,
     /// Wall-clock time of the decision.
     pub now: SystemTime,
+}
+
+impl Peer<'_> {
+    /// TLS, or a Unix socket, which MySQL also counts as secure: it never leaves the host.
+    pub fn secure_transport(&self) -> bool {
+        self.tls.is_some() || self.addr == ClientAddr::Unix
+    }
 }
 
 /// What the client said about itself.
@@ -89,6 +102,13 @@ pub enum Denial {
     /// No `CLIENT_PLUGIN_AUTH`: the client cannot follow the auth switch that flexgate's
     /// greeting depends on (ERR 1251).
     NoPluginAuth,
+    /// The address is not on the listener's allow list, or is on its deny list (ERR 1130).
+    HostNotAllowed(IpAddr),
+    /// A connection limit (ERR 1040).
+    TooManyConnections(LimitHit),
+    /// A PROXY protocol header from a peer that is not in `proxy_protocol.trusted` (ERR 1130:
+    /// the header claims an address the peer may not vouch for).
+    UntrustedProxyHeader(IpAddr),
 }
 
 impl Denial {
@@ -98,16 +118,26 @@ impl Denial {
             Self::InsecureTransport => "insecure_transport",
             Self::Compression => "compression",
             Self::NoPluginAuth => "no_plugin_auth",
+            Self::HostNotAllowed(_) => "host_not_allowed",
+            Self::TooManyConnections(hit) => hit.key(),
+            Self::UntrustedProxyHeader(_) => "untrusted_proxy_header",
         }
     }
 }
 
 /// Decides `request` under `policy`.
-pub fn decide(policy: &Policy, request: &Request<'_>) -> Decision {
+pub fn decide(policy: &Policy<'_>, request: &Request<'_>) -> Decision {
     match request {
-        Request::Connect(_) => Decision::Greet,
+        // A Unix socket's permissions are its access control; IP rules do not apply.
+        Request::Connect(Peer { addr: ClientAddr::Unix, .. }) => Decision::Greet,
+        Request::Connect(Peer { addr: ClientAddr::Tcp(a), .. }) => match policy.firewall.check(a.ip()) {
+            Verdict::Allow => Decision::Greet,
+            Verdict::Denied | Verdict::NotAllowed => {
+                Decision::Refuse(Denial::HostNotAllowed(crate::firewall::canonical(a.ip())))
+            }
+        },
         Request::Login(peer, claim) => {
-            if policy.require_secure_transport && peer.tls.is_none() {
+            if policy.require_secure_transport && !peer.secure_transport() {
                 return Decision::Refuse(Denial::InsecureTransport);
             }
             let caps = claim.capabilities;
@@ -128,13 +158,30 @@ mod tests {
 
     const MODERN: Capabilities = Capabilities(0x0000_0200 | 0x8000 | 0x0008_0000);
 
+    use std::net::SocketAddr;
+
+    use crate::config::SourceRule;
+
     fn peer(tls: bool) -> Peer<'static> {
+        at(SocketAddr::from(([192, 0, 2, 1], 4000)), tls)
+    }
+
+    fn at(addr: SocketAddr, tls: bool) -> Peer<'static> {
         Peer {
             listener: "public",
-            addr: SocketAddr::from(([192, 0, 2, 1], 4000)),
+            addr: ClientAddr::Tcp(addr),
             tls: tls.then_some("TLSv1.3"),
             now: SystemTime::UNIX_EPOCH,
         }
+    }
+
+    fn open() -> Rules {
+        let all = |s: &str| SourceRule::Net(s.parse().unwrap_or_else(|e| panic!("{e}")));
+        Rules::compile(&[all("0.0.0.0/0"), all("::/0")], &[], &Default::default(), &mut |_| panic!("no hosts"))
+    }
+
+    fn policy(rules: &Rules, require_secure_transport: bool, greeting: GreetingMode) -> Policy<'_> {
+        Policy { require_secure_transport, greeting, firewall: rules }
     }
 
     fn login(caps: Capabilities) -> Claim<'static> {
@@ -142,9 +189,29 @@ mod tests {
     }
 
     #[test]
-    fn connect_is_greeted() {
-        let p = Policy { require_secure_transport: true, greeting: GreetingMode::Flexgate };
+    fn connect_is_decided_by_the_firewall() {
+        let rules = open();
+        let p = policy(&rules, true, GreetingMode::Flexgate);
         assert_eq!(decide(&p, &Request::Connect(peer(false))), Decision::Greet);
+        let closed = Rules::default();
+        let p = policy(&closed, true, GreetingMode::Flexgate);
+        let mapped = SocketAddr::from((std::net::Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped(), 4000));
+        // The refusal names the address as MySQL would: the IPv4 form of a mapped address.
+        assert_eq!(
+            decide(&p, &Request::Connect(at(mapped, false))),
+            Decision::Refuse(Denial::HostNotAllowed(IpAddr::from([192, 0, 2, 1])))
+        );
+        // IP rules do not apply to a Unix socket.
+        let unix = Peer { addr: ClientAddr::Unix, ..peer(false) };
+        assert_eq!(decide(&p, &Request::Connect(unix)), Decision::Greet);
+    }
+
+    #[test]
+    fn a_unix_socket_is_secure_transport() {
+        let rules = open();
+        let p = policy(&rules, true, GreetingMode::Flexgate);
+        let unix = Peer { addr: ClientAddr::Unix, ..peer(false) };
+        assert_eq!(decide(&p, &Request::Login(unix, login(MODERN))), Decision::Authenticate(AuthPath::Server));
     }
 
     #[test]
@@ -166,7 +233,8 @@ mod tests {
             // Transport is checked first: nothing else about a plaintext client matters.
             (true, false, Flexgate, legacy, Decision::Refuse(InsecureTransport)),
         ] {
-            let policy = Policy { require_secure_transport: require, greeting: mode };
+            let rules = open();
+            let policy = policy(&rules, require, mode);
             assert_eq!(
                 decide(&policy, &Request::Login(peer(tls), login(caps))),
                 want,
@@ -177,7 +245,8 @@ mod tests {
 
     #[test]
     fn change_user_is_decided_like_a_login() {
-        let p = Policy { require_secure_transport: true, greeting: GreetingMode::Flexgate };
+        let rules = open();
+        let p = policy(&rules, true, GreetingMode::Flexgate);
         let claim = Claim { kind: LoginKind::ChangeUser, ..login(MODERN) };
         assert_eq!(decide(&p, &Request::Login(peer(false), claim)), Decision::Refuse(Denial::InsecureTransport));
         assert_eq!(decide(&p, &Request::Login(peer(true), claim)), Decision::Authenticate(AuthPath::Server));

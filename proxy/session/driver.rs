@@ -11,20 +11,22 @@ use tokio::time::timeout_at;
 use tracing::{debug, info, warn};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::admission::{self, Claim, Decision, GreetingMode, Peer, Request};
+use super::admission::{self, Claim, Decision, Denial, GreetingMode, Peer, Request};
 use super::auth::{AuthExchange, ClientVerdict, REQUEST_PUBLIC_KEY, ServerVerdict, Turn};
 use super::handshake::{self, Identity, NONCE_LEN};
 use super::relay::{Relay, RelayEnd, Side};
 use super::stream::{ClientStream, ReadError, read_packet};
-use super::{Blame, ListenerContext, SessionError, policy};
+use super::{Blame, ListenerContext, Origin, SessionError, policy};
 use crate::backend::{Backend, BackendError, BackendStream};
-use crate::events::{LoginEvent, LoginKind, LoginOutcome, Transport, loggable};
+use crate::events::{ClientAddr, LoginEvent, LoginKind, LoginOutcome, Transport, loggable};
+use crate::firewall::{Permit, canonical};
 use crate::metrics::Outcome;
 use crate::profile::ProfileCell;
 use crate::protocol::{
     AuthPacket, Capabilities, ChangeUser, ClientFirst, ErrPacket, Greeting, HandshakeResponse, MAX_PRE_AUTH_PAYLOAD,
     MariaDbCapabilities, SSL_REQUEST_LEN, SslRequest, codes, parse_client_first, scramble, write_err,
 };
+use crate::proxy_protocol::{self, Header};
 use crate::registry::Registered;
 
 /// A server connection whose greeting has been read.
@@ -176,6 +178,8 @@ impl Who {
 /// Per-session facts for the closing log line and the login events. Holds no secret.
 #[derive(Debug, Default)]
 struct SessionLog {
+    /// Refused at connect (firewall, limits, PROXY header): logged rate-limited only.
+    at_connect: bool,
     tls_version: Option<&'static str>,
     cipher: Option<&'static str>,
     bytes_in: u64,
@@ -184,7 +188,14 @@ struct SessionLog {
 
 pub(super) struct Session<C> {
     ctx: Arc<ListenerContext>,
-    peer: SocketAddr,
+    /// The client: the socket's peer, or the address a trusted PROXY header carried.
+    peer: ClientAddr,
+    /// The address the client connected to, as `peer` is.
+    local: Option<SocketAddr>,
+    /// The socket's own peer, when a PROXY header replaced it (the balancer).
+    via: Option<SocketAddr>,
+    /// This connection's place in the listener's limits.
+    permit: Option<Permit>,
     /// `None` only while the TLS upgrade owns the socket, or after it failed.
     client: Option<ClientStream<C>>,
     /// Sequence id of the next packet to or from the client.
@@ -210,10 +221,13 @@ pub(super) struct Session<C> {
 }
 
 impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
-    pub(super) fn new(client: C, peer: SocketAddr, ctx: Arc<ListenerContext>) -> Self {
+    pub(super) fn new(client: C, origin: Origin, ctx: Arc<ListenerContext>) -> Self {
         Self {
             ctx,
-            peer,
+            peer: origin.peer,
+            local: origin.local,
+            via: None,
+            permit: None,
             client: Some(ClientStream::Plain(client)),
             client_seq: 0,
             greeted: false,
@@ -243,6 +257,9 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         self.buf = Vec::new();
         let (outcome, code) = match result {
             Ok(Ended::Authenticated(backend)) => {
+                if let Some(p) = &mut self.permit {
+                    p.logged_in();
+                }
                 self.publish(LoginKind::Connect, LoginOutcome::Ok, started.elapsed());
                 self.relay(backend).await
             }
@@ -255,14 +272,23 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
                 (Outcome::BackendRefused, Some(code))
             }
             Err(e) => {
+                // Counted before the ERR goes out, so that whoever reads the ERR sees the count.
+                let counted = self.count_refusal(&e);
+                self.log.at_connect = counted.is_some();
                 let code = self.refuse(&e).await;
-                self.log_failure(&e);
+                self.log_failure(&e, counted);
                 self.publish(LoginKind::Connect, e.login_outcome(), started.elapsed());
                 (e.outcome(), code)
             }
         };
         self.ctx.metrics.ended(outcome);
         let l = &self.log;
+        if l.at_connect {
+            // A flood of refused clients must not flood the log: `log_failure` said it, at
+            // most once a second per listener.
+            debug!(listener = %self.ctx.listener, client = %self.peer, outcome = outcome.as_str(), "session ended");
+            return;
+        }
         info!(
             listener = %self.ctx.listener,
             client = %self.peer,
@@ -298,18 +324,50 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         Peer { listener: &self.ctx.listener, addr: self.peer, tls: self.log.tls_version, now: SystemTime::now() }
     }
 
+    /// On a listener that takes PROXY headers, reads a trusted peer's header, which then
+    /// names the client. An untrusted peer's header is noticed when it arrives where the
+    /// login should (see `read_client`).
+    async fn read_proxy_header(&mut self) -> Result<(), SessionError> {
+        let (Some(trusted), ClientAddr::Tcp(socket_peer)) = (&self.ctx.proxy_protocol, self.peer) else {
+            return Ok(());
+        };
+        if !trusted.contains(socket_peer.ip()) {
+            return Ok(());
+        }
+        let Some(ClientStream::Plain(plain)) = self.client.as_mut() else {
+            return Err(SessionError::ClientGone("connection closed".into()));
+        };
+        match proxy_protocol::read_header(plain).await {
+            Ok(Header::Proxied { source, destination }) => {
+                self.via = Some(socket_peer);
+                self.peer = ClientAddr::Tcp(SocketAddr::new(canonical(source.ip()), source.port()));
+                self.local = Some(destination);
+                Ok(())
+            }
+            // The balancer's own health check: the socket's addresses are the real ones.
+            Ok(Header::Local) => Ok(()),
+            // A balancer's TCP health check connects and closes: not a bad header.
+            Err(proxy_protocol::HeaderError::Io(e)) => Err(SessionError::ClientGone(e.to_string())),
+            Err(e) => Err(SessionError::ProxyHeader(e.to_string())),
+        }
+    }
+
     /// Accepted → Greeted: flexgate's own greeting, or the server's relayed.
     async fn greet(&mut self) -> Result<Phase, SessionError> {
+        self.read_proxy_header().await?;
         match admission::decide(&self.ctx.policy(), &Request::Connect(self.peer_view())) {
             Decision::Refuse(d) => return Err(SessionError::Denied(d)),
             Decision::Greet | Decision::Authenticate(_) => {}
         }
+        let permit = self.ctx.gate.quota.admit(&self.ctx.limits, self.peer.ip(), Instant::now());
+        self.permit = Some(permit.map_err(|hit| SessionError::Denied(Denial::TooManyConnections(hit)))?);
         let offer_tls = self.ctx.tls.is_some();
         let early = match (self.ctx.greeting, self.ctx.profile.load()) {
             (GreetingMode::Flexgate, Some(_)) => None,
             // Server-greeting mode, or no profile yet (the server was down at startup): the
             // server must greet first.
-            _ => match dial(&self.ctx.backend, &self.ctx.profile, &mut self.buf).await? {
+            _ => match dial(&self.ctx.backend, &self.ctx.profile, &mut self.buf, proxied(self.peer, self.local)).await?
+            {
                 Dialled::Live(live) => Some(live),
                 Dialled::Refused { code } => {
                     self.relay_to_client().await?;
@@ -418,13 +476,15 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
     async fn connect(&mut self, a: Identified) -> Result<Phase, SessionError> {
         let live = match a.backend {
             Some(live) => live,
-            None => match dial(&self.ctx.backend, &self.ctx.profile, &mut self.buf).await? {
-                Dialled::Live(live) => live,
-                Dialled::Refused { code } => {
-                    self.relay_server_err().await?;
-                    return Ok(Phase::Ended(Ended::BackendRefused { code }));
+            None => {
+                match dial(&self.ctx.backend, &self.ctx.profile, &mut self.buf, proxied(self.peer, self.local)).await? {
+                    Dialled::Live(live) => live,
+                    Dialled::Refused { code } => {
+                        self.relay_server_err().await?;
+                        return Ok(Phase::Ended(Ended::BackendRefused { code }));
+                    }
                 }
-            },
+            }
         };
         let backend_tls = self.ctx.backend.uses_tls();
         let first = match a.raw {
@@ -577,7 +637,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
                     self.input = relay.take_client_input();
                     if let Err(e) = self.change_user(&mut backend, payload).await {
                         let code = self.refuse(&e).await;
-                        self.log_failure(&e);
+                        self.log_failure(&e, None);
                         break (e.outcome(), code);
                     }
                     relay.put_client_input(std::mem::take(&mut self.input));
@@ -711,6 +771,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
             plugin: self.plugin.as_deref().map(|p| loggable(p, 64)),
             outcome,
             duration,
+            at_connect: self.log.at_connect,
         });
     }
 
@@ -747,8 +808,40 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         Some(r.code)
     }
 
-    fn log_failure(&self, e: &SessionError) {
+    /// Counts a refusal of the listener's gate (firewall, limits, PROXY headers) and returns
+    /// its label, or `None` for other failures.
+    fn count_refusal(&self, e: &SessionError) -> Option<&'static str> {
+        let gate = &self.ctx.gate;
+        let (counter, reason) = match e {
+            SessionError::Denied(d @ Denial::HostNotAllowed(_)) => (&gate.refused_firewall, d.as_str()),
+            SessionError::Denied(d @ Denial::TooManyConnections(_)) => (&gate.refused_limit, d.as_str()),
+            SessionError::Denied(d @ Denial::UntrustedProxyHeader(_)) => (&gate.refused_proxy, d.as_str()),
+            SessionError::ProxyHeader(_) => (&gate.refused_proxy, "bad_proxy_header"),
+            _ => return None,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(reason)
+    }
+
+    fn log_failure(&self, e: &SessionError, counted: Option<&'static str>) {
         let (listener, peer) = (&self.ctx.listener, self.peer);
+        if let Some(reason) = counted {
+            // Refusals before the greeting are what a scan or a flood produces: counted
+            // always, logged at most once a second per listener.
+            if let Some(suppressed) = self.ctx.gate.may_log(Instant::now()) {
+                let via = self.via.map(|v| v.to_string());
+                warn!(
+                    listener = %listener,
+                    client = %peer,
+                    via = via.as_deref().unwrap_or("-"),
+                    reason,
+                    error = %e,
+                    suppressed,
+                    "connection refused"
+                );
+            }
+            return;
+        }
         match (e, e.blame()) {
             (SessionError::ClientTls(reason), _) => {
                 warn!(listener = %listener, client = %peer, reason = %reason, "client TLS handshake failed");
@@ -775,10 +868,16 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         };
         let header = read.map_err(|e| match e {
             ReadError::Closed => SessionError::ClientGone("closed the connection".into()),
-            ReadError::TooLarge { error, seq } => {
+            ReadError::TooLarge { error, seq, raw } => {
                 // The ERR answers the refused packet, so it carries the next sequence id.
                 self.client_seq = seq.wrapping_add(1);
-                SessionError::ClientTooLarge(error)
+                match (self.ctx.proxy_protocol.is_some(), self.peer.ip()) {
+                    // On a listener that takes headers, say why this one was not believed.
+                    (true, Some(ip)) if self.via.is_none() && proxy_protocol::looks_like_header(&raw) => {
+                        SessionError::Denied(Denial::UntrustedProxyHeader(canonical(ip)))
+                    }
+                    _ => SessionError::ClientTooLarge(error),
+                }
             }
             ReadError::Io(e) => SessionError::ClientGone(e.to_string()),
         })?;
@@ -864,8 +963,13 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
 
 /// Connects to the server and reads its greeting (or the ERR it sends instead), leaving the
 /// payload in `buf`. Every greeting refreshes the profile.
-async fn dial(backend: &Backend, profile: &ProfileCell, buf: &mut Vec<u8>) -> Result<Dialled, SessionError> {
-    let mut stream = backend.dial().await.map_err(|e| backend_error(backend, e))?;
+async fn dial(
+    backend: &Backend,
+    profile: &ProfileCell,
+    buf: &mut Vec<u8>,
+    client: Option<(SocketAddr, SocketAddr)>,
+) -> Result<Dialled, SessionError> {
+    let mut stream = backend.dial(client).await.map_err(|e| backend_error(backend, e))?;
     // A server that accepts but never greets is as unavailable as one that refuses.
     let limit = backend.connect_timeout();
     let header = tokio::time::timeout(limit, read_packet(&mut stream, buf, MAX_PRE_AUTH_PAYLOAD))
@@ -902,7 +1006,7 @@ async fn dial(backend: &Backend, profile: &ProfileCell, buf: &mut Vec<u8>) -> Re
 /// an aborted handshake from flexgate's address; this runs once at startup.
 pub async fn probe(backend: &Backend, profile: &ProfileCell) -> Result<(), SessionError> {
     let mut buf = Vec::new();
-    match dial(backend, profile, &mut buf).await? {
+    match dial(backend, profile, &mut buf, None).await? {
         Dialled::Live(_) => Ok(()),
         Dialled::Refused { code } => {
             debug!(code, "server refused the profile probe");
@@ -944,6 +1048,14 @@ fn backend_read_error(backend: &Backend, e: ReadError) -> SessionError {
         ReadError::Closed => SessionError::BackendLost { backend, detail: "connection closed".into() },
         ReadError::Io(e) => SessionError::BackendLost { backend, detail: e.to_string() },
         ReadError::TooLarge { error, .. } => SessionError::BackendProtocol { backend, detail: error.to_string() },
+    }
+}
+
+/// The client's and the listener's addresses, for the PROXY header to the server.
+fn proxied(peer: ClientAddr, local: Option<SocketAddr>) -> Option<(SocketAddr, SocketAddr)> {
+    match (peer, local) {
+        (ClientAddr::Tcp(client), Some(local)) => Some((client, local)),
+        _ => None,
     }
 }
 

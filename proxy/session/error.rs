@@ -114,6 +114,9 @@ pub enum SessionError {
     /// The handshake deadline passed.
     #[error("login not completed within {0:?}")]
     Timeout(Duration),
+    /// A trusted peer's PROXY protocol header was missing or malformed.
+    #[error("bad PROXY protocol header from a trusted peer: {0}")]
+    ProxyHeader(String),
 }
 
 /// An ERR packet flexgate sends on its own behalf.
@@ -221,6 +224,27 @@ impl SessionError {
                     "The database server {backend} changed (upgraded or reconfigured) while you logged in; connect again"
                 ),
             ),
+            Self::Denied(Denial::HostNotAllowed(ip)) => r(
+                codes::HOST_NOT_PRIVILEGED,
+                codes::STATE_GENERAL,
+                format!("Host '{ip}' is not allowed to connect to this MySQL server"),
+            ),
+            Self::Denied(Denial::UntrustedProxyHeader(ip)) => r(
+                codes::HOST_NOT_PRIVILEGED,
+                codes::STATE_GENERAL,
+                format!(
+                    "Host '{ip}' sent a PROXY protocol header but is not a trusted proxy; the operator must add it to \
+                     proxy_protocol.trusted, or the client must connect without the header"
+                ),
+            ),
+            Self::Denied(Denial::TooManyConnections(hit)) => r(
+                codes::CON_COUNT_ERROR,
+                codes::STATE_AUTH_MODE,
+                format!("Too many connections: {hit}; try again later"),
+            ),
+            Self::ProxyHeader(detail) => {
+                r(codes::HANDSHAKE_ERROR, codes::STATE_COMM, format!("Bad handshake: {detail}"))
+            }
             Self::ClientTls(_) | Self::ClientGone(_) | Self::Timeout(_) => None,
         }
     }
@@ -242,6 +266,7 @@ impl SessionError {
             | Self::ClientUnsupported(_)
             | Self::ClientTls(_)
             | Self::ClientGone(_)
+            | Self::ProxyHeader(_)
             | Self::Timeout(_) => Blame::Client,
         }
     }
@@ -262,6 +287,9 @@ impl SessionError {
             Self::Denied(Denial::InsecureTransport) => Outcome::InsecureTransportRefused,
             Self::Denied(Denial::Compression) => Outcome::ProtocolError,
             Self::Denied(Denial::NoPluginAuth) => Outcome::PluginAuthRequired,
+            Self::Denied(Denial::HostNotAllowed(_)) => Outcome::HostNotAllowed,
+            Self::Denied(Denial::TooManyConnections(_)) => Outcome::TooManyConnections,
+            Self::Denied(Denial::UntrustedProxyHeader(_)) | Self::ProxyHeader(_) => Outcome::ProxyHeaderRefused,
             Self::ServerChanged { .. } => Outcome::ServerChanged,
             Self::AuthRefused(_) => Outcome::AuthRefused,
             Self::Timeout(_) => Outcome::HandshakeTimeout,
@@ -285,7 +313,8 @@ impl SessionError {
             Self::ClientMalformed(_)
             | Self::ClientTooLarge(_)
             | Self::ClientOutOfOrder { .. }
-            | Self::ClientUnsupported(_) => LoginOutcome::ClientError,
+            | Self::ClientUnsupported(_)
+            | Self::ProxyHeader(_) => LoginOutcome::ClientError,
             Self::ClientTls(_) => LoginOutcome::TlsFailed,
             Self::ClientGone(_) => LoginOutcome::ClientGone,
         }

@@ -47,13 +47,15 @@ pub use driver::probe;
 pub use error::{Blame, Refusal, SessionError};
 
 use crate::backend::Backend;
-use crate::config::TlsVersion;
-use crate::events::LoginEvents;
+use crate::config::{ConnectionLimits, TlsVersion};
+use crate::events::{ClientAddr, LoginEvents};
+use crate::firewall::{IpSet, ListenerGate, Rules};
 use crate::metrics::Metrics;
 use crate::profile::ProfileCell;
 use crate::registry::SessionRegistry;
 
-/// What every session on one listener shares. Built once per listener.
+/// What every session on one listener shares. Built once per listener and config: a reload
+/// builds a new one, and each session keeps the one it was accepted under.
 pub struct ListenerContext {
     /// The listener's configured name, for logs and events.
     pub listener: Arc<str>,
@@ -67,6 +69,17 @@ pub struct ListenerContext {
     pub require_secure_transport: bool,
     /// Whose greeting clients get.
     pub greeting: GreetingMode,
+    /// Allow and deny lists.
+    pub firewall: Rules,
+    /// Connection limits, checked against `gate`'s counts.
+    pub limits: ConnectionLimits,
+    /// Peers that must send a PROXY protocol header, and whose headers are believed; `None`
+    /// when the listener takes no headers.
+    pub proxy_protocol: Option<IpSet>,
+    /// The listener's counts and refusal log, kept across reloads.
+    pub gate: Arc<ListenerGate>,
+    /// The config generation this context was built from.
+    pub generation: u64,
     /// The server.
     pub backend: Arc<Backend>,
     /// What flexgate's greeting says about the server; shared by all listeners.
@@ -81,8 +94,12 @@ pub struct ListenerContext {
 
 impl ListenerContext {
     /// The listener's rules for the admission decision.
-    pub fn policy(&self) -> Policy {
-        Policy { require_secure_transport: self.require_secure_transport, greeting: self.greeting }
+    pub fn policy(&self) -> Policy<'_> {
+        Policy {
+            require_secure_transport: self.require_secure_transport,
+            greeting: self.greeting,
+            firewall: &self.firewall,
+        }
     }
 }
 
@@ -95,17 +112,30 @@ impl std::fmt::Debug for ListenerContext {
             .field("min_tls", &self.min_tls)
             .field("require_secure_transport", &self.require_secure_transport)
             .field("greeting", &self.greeting)
+            .field("firewall", &self.firewall)
+            .field("limits", &self.limits)
+            .field("proxy_protocol", &self.proxy_protocol.is_some())
+            .field("generation", &self.generation)
             .field("backend", &self.backend)
             .finish_non_exhaustive()
     }
 }
 
+/// Where an accepted connection came from, as the socket says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// The peer: the client itself, or the balancer in front of it.
+    pub peer: ClientAddr,
+    /// The address it connected to (for the PROXY header flexgate sends the server).
+    pub local: Option<SocketAddr>,
+}
+
 /// Serves one accepted client connection to its end. Never panics on peer input; every
 /// failure ends in a log line (and, where the protocol allows, an ERR packet to the client).
-/// Generic over the client's transport: the server passes TCP streams, tests pass pipes.
-pub async fn run<C>(client: C, peer: SocketAddr, ctx: Arc<ListenerContext>)
+/// Generic over the client's transport: the server passes TCP and Unix streams, tests pipes.
+pub async fn run<C>(client: C, origin: Origin, ctx: Arc<ListenerContext>)
 where
     C: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    driver::Session::new(client, peer, ctx).run().await;
+    driver::Session::new(client, origin, ctx).run().await;
 }

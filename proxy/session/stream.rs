@@ -41,8 +41,9 @@ delegate_async_io!(ClientStream<C> { Plain, Tls });
 pub(crate) enum ReadError {
     /// The peer closed the connection (EOF), possibly mid-packet.
     Closed,
-    /// The header announced more than we accept; `seq` is the header's sequence id.
-    TooLarge { error: WireError, seq: u8 },
+    /// The header announced more than we accept; `seq` is the header's sequence id, `raw`
+    /// the header's bytes (which may be the start of something that is not MySQL at all).
+    TooLarge { error: WireError, seq: u8, raw: [u8; HEADER_LEN] },
     /// A socket error.
     Io(io::Error),
 }
@@ -57,7 +58,7 @@ pub(crate) async fn read_packet<S: AsyncRead + Unpin>(
     let mut hdr = [0u8; HEADER_LEN];
     read_exact(s, &mut hdr).await?;
     let header = Header::parse(hdr);
-    let header = header.check(max).map_err(|error| ReadError::TooLarge { error, seq: header.seq })?;
+    let header = header.check(max).map_err(|error| ReadError::TooLarge { error, seq: header.seq, raw: hdr })?;
     if header.len > buf.capacity() {
         // Growing would free the old allocation as it is; it may hold an auth response.
         buf.zeroize();

@@ -11,8 +11,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 
 use super::*;
 use crate::backend::Backend;
-use crate::config::{BackendAddress, BackendConfig, BackendTlsConfig, BackendTlsMode, GreetingMode};
-use crate::events::{LoginKind, LoginOutcome};
+use crate::config::{
+    BackendAddress, BackendConfig, BackendTlsConfig, BackendTlsMode, ConnectionLimits, GreetingMode, SourceRule,
+};
+use crate::events::{ClientAddr, LoginKind, LoginOutcome};
+use crate::firewall::{IpSet, Rules};
 use crate::metrics::Outcome;
 use crate::protocol::{Capabilities, Greeting, HandshakeResponse, MariaDbCapabilities, write_packet};
 use crate::registry::SYNTHETIC_BASE;
@@ -24,13 +27,50 @@ fn peer() -> SocketAddr {
     SocketAddr::from(([192, 0, 2, 7], 40_000))
 }
 
+fn origin(peer: SocketAddr) -> Origin {
+    Origin { peer: ClientAddr::Tcp(peer), local: Some(SocketAddr::from(([192, 0, 2, 1], 3306))) }
+}
+
+fn rule(s: &str) -> SourceRule {
+    SourceRule::Net(s.parse().unwrap_or_else(|e| panic!("{s}: {e}")))
+}
+
+/// What a test listener may vary.
+struct Listener {
+    require_tls: bool,
+    allow: Vec<SourceRule>,
+    limits: ConnectionLimits,
+    proxy_trusted: Option<&'static str>,
+}
+
+impl Default for Listener {
+    fn default() -> Self {
+        Self {
+            require_tls: false,
+            allow: vec![rule("0.0.0.0/0"), rule("::/0")],
+            limits: ConnectionLimits {
+                max_connections: 100,
+                max_connections_per_ip: None,
+                max_preauth_per_ip: 16,
+                connect_rate_per_ip: None,
+            },
+            proxy_trusted: None,
+        }
+    }
+}
+
 /// A context whose backend is `backend` (never dialled before admission) and whose profile
 /// is already learned.
 fn context(require_tls: bool, backend: SocketAddr) -> Arc<ListenerContext> {
+    listener(Listener { require_tls, ..Listener::default() }, backend)
+}
+
+fn listener(l: Listener, backend: SocketAddr) -> Arc<ListenerContext> {
     let cfg = BackendConfig {
         address: BackendAddress::Tcp { host: backend.ip().to_string(), port: backend.port() },
         connect_timeout: Duration::from_secs(1),
         tls: BackendTlsConfig { mode: BackendTlsMode::Disabled, ca: None, server_name: None },
+        proxy_protocol: None,
     };
     let profile = Arc::new(ProfileCell::default());
     let nonce2 = b"abcdefghijkl\0";
@@ -52,8 +92,13 @@ fn context(require_tls: bool, backend: SocketAddr) -> Arc<ListenerContext> {
         handshake_timeout: Duration::from_secs(10),
         tls: None,
         min_tls: crate::config::TlsVersion::Tls12,
-        require_secure_transport: require_tls,
+        require_secure_transport: l.require_tls,
         greeting: GreetingMode::Flexgate,
+        firewall: Rules::compile(&l.allow, &[], &Default::default(), &mut |_| panic!("no hostnames here")),
+        limits: l.limits,
+        proxy_protocol: l.proxy_trusted.map(|t| IpSet::from_nets([t.parse().unwrap_or_else(|e| panic!("{e}"))])),
+        gate: Arc::default(),
+        generation: 1,
         backend: Arc::new(Backend::new(&cfg, None)),
         profile,
         registry: Arc::default(),
@@ -64,8 +109,12 @@ fn context(require_tls: bool, backend: SocketAddr) -> Arc<ListenerContext> {
 
 /// Starts a session on one end of a pipe; returns the other end and the task.
 fn start(ctx: &Arc<ListenerContext>) -> (DuplexStream, tokio::task::JoinHandle<()>) {
+    start_from(ctx, peer())
+}
+
+fn start_from(ctx: &Arc<ListenerContext>, peer: SocketAddr) -> (DuplexStream, tokio::task::JoinHandle<()>) {
     let (client, server_side) = duplex(64 * 1024);
-    let task = tokio::spawn(run(server_side, peer(), ctx.clone()));
+    let task = tokio::spawn(run(server_side, origin(peer), ctx.clone()));
     (client, task)
 }
 
@@ -260,4 +309,93 @@ async fn an_admitted_client_learns_that_the_server_is_down() {
     assert_eq!((err_code(&p), seq), (Some(2003), 2));
     task.await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ctx.metrics.outcome_total(Outcome::BackendUnavailable), 1);
+}
+
+/// A refused address gets ERR 1130 in place of the greeting (no greeting, so no SQLSTATE and
+/// sequence id 0), then a close; the server sees nothing.
+#[tokio::test]
+async fn a_refused_address_gets_1130_before_any_greeting() {
+    let (addr, backend) = watched_backend().await;
+    let ctx = listener(Listener { allow: vec![rule("10.0.0.0/8")], ..Listener::default() }, addr);
+    let (mut c, task) = start_from(&ctx, SocketAddr::from(([192, 0, 2, 9], 5000)));
+    let (seq, p) = read_packet(&mut c).await.unwrap_or_else(|| panic!("no ERR"));
+    assert_eq!((err_code(&p), seq), (Some(1130), 0));
+    assert_eq!(&p[3..], b"Host '192.0.2.9' is not allowed to connect to this MySQL server");
+    assert!(read_packet(&mut c).await.is_none(), "closed after the ERR");
+    task.await.unwrap_or_else(|e| panic!("{e}"));
+    let allowed = start_from(&ctx, SocketAddr::from(([10, 1, 2, 3], 5000)));
+    let (mut c, _task) = allowed;
+    let (_, g) = read_packet(&mut c).await.unwrap_or_else(|| panic!("no greeting"));
+    assert_eq!(g.first(), Some(&10), "protocol 10 greeting");
+    assert_eq!(ctx.metrics.outcome_total(Outcome::HostNotAllowed), 1);
+    assert_eq!(ctx.gate.refused_firewall.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(nothing_connected(&backend).await);
+}
+
+/// `max_preauth_per_ip` counts clients still logging in from one address; others are not
+/// affected, and a slot frees when a client leaves.
+#[tokio::test]
+async fn preauth_slots_are_per_address() {
+    let ctx = listener(
+        Listener {
+            limits: ConnectionLimits { max_preauth_per_ip: 2, ..Listener::default().limits },
+            ..Listener::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 9)),
+    );
+    let a = SocketAddr::from(([192, 0, 2, 1], 1));
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (mut c, t) = start_from(&ctx, a);
+        assert!(read_packet(&mut c).await.is_some_and(|(_, p)| err_code(&p).is_none()));
+        held.push((c, t));
+    }
+    let (mut c, _t) = start_from(&ctx, a);
+    let (seq, p) = read_packet(&mut c).await.unwrap_or_else(|| panic!("no ERR"));
+    assert_eq!((err_code(&p), seq), (Some(1040), 0));
+    let msg = String::from_utf8_lossy(&p[3..]).into_owned();
+    assert!(msg.contains("max_preauth_per_ip"), "{msg}");
+    let (mut other, _t2) = start_from(&ctx, SocketAddr::from(([192, 0, 2, 2], 1)));
+    assert!(read_packet(&mut other).await.is_some_and(|(_, p)| err_code(&p).is_none()));
+    let (c0, t0) = held.remove(0);
+    drop(c0);
+    t0.await.unwrap_or_else(|e| panic!("{e}"));
+    let (mut again, _t3) = start_from(&ctx, a);
+    assert!(read_packet(&mut again).await.is_some_and(|(_, p)| err_code(&p).is_none()));
+}
+
+/// A trusted peer's PROXY header names the client the firewall decides on; an untrusted
+/// peer's header is refused with a message that says why.
+#[tokio::test]
+async fn proxy_headers_are_believed_only_from_trusted_peers() {
+    let (addr, backend) = watched_backend().await;
+    let ctx = listener(
+        Listener { allow: vec![rule("10.0.0.0/8")], proxy_trusted: Some("192.0.2.0/24"), ..Listener::default() },
+        addr,
+    );
+    let balancer = SocketAddr::from(([192, 0, 2, 50], 1));
+    // From the balancer, carrying an allowed client.
+    let (mut c, _t) = start_from(&ctx, balancer);
+    c.write_all(b"PROXY TCP4 10.9.8.7 192.0.2.1 5555 3306\r\n").await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(read_packet(&mut c).await.is_some_and(|(_, p)| err_code(&p).is_none()), "greeted");
+    // Carrying a refused client: 1130 names the carried address, not the balancer's.
+    let (mut c, _t) = start_from(&ctx, balancer);
+    c.write_all(b"PROXY TCP4 203.0.113.5 192.0.2.1 5555 3306\r\n").await.unwrap_or_else(|e| panic!("{e}"));
+    let (_, p) = read_packet(&mut c).await.unwrap_or_else(|| panic!("no ERR"));
+    assert_eq!(err_code(&p), Some(1130));
+    assert!(String::from_utf8_lossy(&p).contains("203.0.113.5"));
+    // A trusted peer that sends garbage instead of a header.
+    let (mut c, _t) = start_from(&ctx, balancer);
+    c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap_or_else(|e| panic!("{e}"));
+    let (_, p) = read_packet(&mut c).await.unwrap_or_else(|| panic!("no ERR"));
+    assert_eq!(err_code(&p), Some(1043));
+    // An untrusted but allowed peer that sends a header: greeted (it cannot be told apart
+    // before it writes), then refused when the header arrives in place of its login.
+    let (mut c, _t) = start_from(&ctx, SocketAddr::from(([10, 0, 0, 1], 1)));
+    assert!(read_packet(&mut c).await.is_some());
+    c.write_all(b"PROXY TCP4 10.9.8.7 192.0.2.1 5555 3306\r\n").await.unwrap_or_else(|e| panic!("{e}"));
+    let (_, p) = read_packet(&mut c).await.unwrap_or_else(|| panic!("no ERR"));
+    assert_eq!(err_code(&p), Some(1130));
+    assert!(String::from_utf8_lossy(&p).contains("not a trusted proxy"), "{}", String::from_utf8_lossy(&p));
+    assert!(nothing_connected(&backend).await);
 }

@@ -60,7 +60,8 @@ async fn handshake_timeout_closes_a_silent_socket() {
 async fn silent_sockets_do_not_stop_a_normal_login() {
     let db = mariadb();
     let (user, schema) = db.user();
-    let proxy = ProxyConfig { handshake_timeout: "20s", ..ProxyConfig::to(db) }.start(&db.certs).await;
+    let proxy =
+        ProxyConfig { handshake_timeout: "20s", ..ProxyConfig::to(db) }.listener(MANY_PREAUTH).start(&db.certs).await;
     let mut silent = Vec::with_capacity(200);
     for _ in 0..200 {
         silent.push(TcpStream::connect(proxy.addr).await.unwrap_or_else(|e| panic!("{e}")));

@@ -49,6 +49,12 @@ pub struct Certs {
 }
 
 fn make_certs(dir: &Path) -> Certs {
+    make_certs_named(dir, "localhost")
+}
+
+/// A fresh CA and a leaf for localhost, db.internal and 127.0.0.1 with common name `cn`, in
+/// `dir`: a reload test's rotated certificate, or a listener's own.
+pub fn make_certs_named(dir: &Path, cn: &str) -> Certs {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().unwrap_or_else(|e| panic!("ca key: {e}"));
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| panic!("{e}"));
@@ -59,7 +65,7 @@ fn make_certs(dir: &Path) -> Certs {
     let leaf_key = KeyPair::generate().unwrap_or_else(|e| panic!("leaf key: {e}"));
     let mut leaf = CertificateParams::new(vec!["localhost".into(), "db.internal".into(), "127.0.0.1".into()])
         .unwrap_or_else(|e| panic!("{e}"));
-    leaf.distinguished_name.push(DnType::CommonName, "localhost");
+    leaf.distinguished_name.push(DnType::CommonName, cn);
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap_or_else(|e| panic!("leaf: {e}"));
     let certs = Certs {
         dir: dir.to_path_buf(),
@@ -290,7 +296,22 @@ pub struct ProxyConfig {
     pub tls: bool,
     /// The listener's `greeting`: "flexgate" (the default) or "server".
     pub greeting: &'static str,
+    /// TOML lines for the listener: `allow`, limits, `proxy_protocol`, `[listener.tls]`.
+    pub listener: String,
+    /// TOML after the listener: more `[[listener]]`s, `[ipsets.*]`, `[dns]`.
+    pub extra: String,
+    /// Lines for `[backend]`, such as `proxy_protocol = "v1"`.
+    pub backend_extra: String,
+    /// The listener's address.
+    pub address: String,
 }
+
+/// The harness's listeners admit loopback, where every test client is.
+pub const LOOPBACK: &str = "allow = [\"127.0.0.0/8\", \"::1\"]\n";
+
+/// Loopback, for tests that hold hundreds of connections still logging in from one address
+/// (the default `max_preauth_per_ip` is 16).
+pub const MANY_PREAUTH: &str = "allow = [\"127.0.0.0/8\", \"::1\"]\nmax_preauth_per_ip = 10000\n";
 
 impl ProxyConfig {
     pub fn to(db: &MariaDb) -> Self {
@@ -302,7 +323,21 @@ impl ProxyConfig {
             backend_tls: None,
             tls: true,
             greeting: "flexgate",
+            listener: LOOPBACK.into(),
+            extra: String::new(),
+            backend_extra: String::new(),
+            address: "127.0.0.1:0".into(),
         }
+    }
+
+    /// Replaces the listener's lines (the default admits loopback).
+    pub fn listener(self, lines: &str) -> Self {
+        Self { listener: lines.into(), ..self }
+    }
+
+    /// Adds TOML after the listener.
+    pub fn extra(self, toml: &str) -> Self {
+        Self { extra: toml.into(), ..self }
     }
 
     /// The same settings with the server's greeting relayed (dial at accept).
@@ -311,7 +346,8 @@ impl ProxyConfig {
     }
 
     pub fn toml(&self, certs: &Certs) -> String {
-        let mut t = format!("[backend]\naddress = \"{}\"\nconnect_timeout = \"1s\"\n", self.backend);
+        let mut t =
+            format!("[backend]\naddress = \"{}\"\nconnect_timeout = \"1s\"\n{}", self.backend, self.backend_extra);
         if let Some(extra) = &self.backend_tls {
             t.push_str(&format!("[backend.tls]\n{extra}\n"));
         }
@@ -320,9 +356,12 @@ impl ProxyConfig {
             t.push_str(&format!("cert = \"{}\"\nkey = \"{}\"\n", certs.cert.display(), certs.key.display()));
         }
         t.push_str(&format!(
-            "min_version = \"{}\"\nrequire_secure_transport = {}\n[[listener]]\nname = \"test\"\naddress = \"127.0.0.1:0\"\nhandshake_timeout = \"{}\"\ngreeting = \"{}\"\n",
-            self.min_version, self.require_secure_transport, self.handshake_timeout, self.greeting
+            "min_version = \"{}\"\nrequire_secure_transport = {}\n[[listener]]\nname = \"test\"\naddress = \"{}\"\nhandshake_timeout = \"{}\"\ngreeting = \"{}\"\n",
+            self.min_version, self.require_secure_transport, self.address, self.handshake_timeout, self.greeting
         ));
+        t.push_str(&self.listener);
+        t.push('\n');
+        t.push_str(&self.extra);
         t
     }
 
@@ -333,27 +372,52 @@ impl ProxyConfig {
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         let text = self.toml(certs);
-        let cfg = Config::parse(&text, &certs.dir.join("test.toml")).unwrap_or_else(|e| panic!("config: {e}\n{text}"));
+        let path = certs.dir.join(format!("{}.toml", unique("proxy")));
+        std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let cfg = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}\n{text}"));
         let proxy = Proxy::build(&cfg).unwrap_or_else(|e| panic!("build: {e}"));
         let bound = proxy.bind().await.unwrap_or_else(|e| panic!("bind: {e}"));
-        let addr = bound.local_addrs()[0].1;
+        let addrs = bound.local_addrs();
+        let addr = addrs.iter().find(|(n, _)| n == "test").map_or(addrs[0].1, |(_, a)| *a);
         let metrics = bound.metrics();
         let events = bound.events().subscribe();
         let profile = bound.profile();
         let registry = bound.registry();
+        let gate = bound.gate("test");
+        let bound = bound.watch_files();
+        let reloader = bound.reloader();
         let shutdown = CancellationToken::new();
         tokio::spawn(bound.serve(shutdown.clone(), Duration::from_secs(1)));
-        RunningProxy { addr, metrics, events: tokio::sync::Mutex::new(events), profile, registry, shutdown }
+        RunningProxy {
+            addr,
+            addrs,
+            metrics,
+            events: tokio::sync::Mutex::new(events),
+            profile,
+            registry,
+            gate,
+            reloader,
+            config: path,
+            shutdown,
+        }
     }
 }
 
 pub struct RunningProxy {
+    /// The listener named "test".
     pub addr: SocketAddr,
+    /// Every TCP listener at startup, by name.
+    pub addrs: Vec<(String, SocketAddr)>,
     pub metrics: Arc<Metrics>,
     /// Login events from the moment the proxy was built.
     pub events: tokio::sync::Mutex<tokio::sync::broadcast::Receiver<Arc<LoginEvent>>>,
     pub profile: Arc<ProfileCell>,
     pub registry: Arc<SessionRegistry>,
+    /// The "test" listener's counts and refusal counters.
+    pub gate: Arc<flexgate::firewall::ListenerGate>,
+    pub reloader: flexgate::server::Reloader,
+    /// The config file it runs from (and reloads).
+    pub config: PathBuf,
     shutdown: CancellationToken,
 }
 
@@ -375,6 +439,39 @@ impl RunningProxy {
             }
         };
         tokio::time::timeout(Duration::from_secs(10), wait).await.unwrap_or_else(|_| panic!("no login event: {what}"))
+    }
+
+    /// The address of listener `name` as of the latest reload (`ip:port` or `unix:/path`).
+    pub fn listener_addr(&self, name: &str) -> String {
+        let st = self.reloader.status().borrow().clone();
+        st.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a.clone())
+            .unwrap_or_else(|| panic!("no listener {name}: {st:?}"))
+    }
+
+    /// Rewrites the config file, then waits (bounded) for the file watcher's reload and
+    /// returns its status.
+    pub async fn rewrite_config(&self, text: &str) -> flexgate::server::ReloadStatus {
+        let mut rx = self.reloader.status();
+        let before = rx.borrow_and_update().attempts;
+        // Written aside and renamed, as editors and config management do.
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(&tmp, &self.config).unwrap_or_else(|e| panic!("{e}"));
+        let wait = async {
+            loop {
+                rx.changed().await.unwrap_or_else(|e| panic!("proxy stopped: {e}"));
+                let st = rx.borrow_and_update().clone();
+                if st.attempts > before {
+                    return st;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no reload after rewriting the config"))
     }
 
     /// Waits (bounded) until the startup probe has learned the server profile.
@@ -414,9 +511,22 @@ pub fn cli(port: u16, user: &str, password: &str, certs: &Certs) -> Command {
 /// Runs a PyMySQL snippet. The snippet sees `host`, `port`, `user`, `pw`, `ca`, `db` and must
 /// print its result; stdout is returned. Exceptions are printed as `ERR <code> <message>`.
 pub async fn pymysql(port: u16, user: &str, db: &str, password: &str, certs: &Certs, body: &str) -> String {
+    pymysql_from("127.0.0.1", port, user, db, password, certs, body).await
+}
+
+/// [`pymysql`] from source address `src` (the snippet passes `bind_address=src`).
+pub async fn pymysql_from(
+    src: &str,
+    port: u16,
+    user: &str,
+    db: &str,
+    password: &str,
+    certs: &Certs,
+    body: &str,
+) -> String {
     require_pymysql();
     let script = format!(
-        "import sys, ssl, pymysql\nhost, port, user, pw, ca, db = '127.0.0.1', {port}, {user:?}, {password:?}, {ca:?}, {db:?}\n\
+        "import sys, ssl, pymysql\nhost, port, user, pw, ca, db, src = '127.0.0.1', {port}, {user:?}, {password:?}, {ca:?}, {db:?}, {src:?}\n\
          try:\n{body}\nexcept pymysql.err.MySQLError as e:\n    print('ERR', e.args[0], e.args[1] if len(e.args) > 1 else '')\n",
         ca = certs.ca.display().to_string(),
         body = body.lines().map(|l| format!("    {l}\n")).collect::<String>(),
@@ -499,5 +609,52 @@ pub async fn eventually(what: &str, f: impl Fn() -> bool) {
 impl Drop for MariaDb {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Connects from source address `src` (any of 127.0.0.0/8 works on loopback) to `to`.
+pub async fn connect_from(src: std::net::IpAddr, to: SocketAddr) -> tokio::net::TcpStream {
+    let sock = if to.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+        .unwrap_or_else(|e| panic!("socket: {e}"));
+    sock.bind(SocketAddr::new(src, 0)).unwrap_or_else(|e| panic!("bind {src}: {e}"));
+    sock.connect(to).await.unwrap_or_else(|e| panic!("connect {to} from {src}: {e}"))
+}
+
+/// The next packet (sequence id, payload), or `None` on close; fails after 10 s.
+pub async fn read_packet_raw(s: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut h = [0u8; 4];
+        s.read_exact(&mut h).await.ok()?;
+        let len = usize::from(h[0]) | usize::from(h[1]) << 8 | usize::from(h[2]) << 16;
+        let mut p = vec![0; len];
+        s.read_exact(&mut p).await.ok()?;
+        Some((h[3], p))
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.unwrap_or_else(|_| panic!("no packet within 10 s"))
+}
+
+/// An ERR packet's code and message (a pre-greeting ERR has no SQLSTATE marker).
+pub fn err_of(p: &[u8]) -> Option<(u16, String)> {
+    if p.first() != Some(&0xff) || p.len() < 3 {
+        return None;
+    }
+    let code = u16::from_le_bytes([p[1], p[2]]);
+    let rest = &p[3..];
+    let msg = if rest.first() == Some(&b'#') && rest.len() >= 6 { &rest[6..] } else { rest };
+    Some((code, String::from_utf8_lossy(msg).into_owned()))
+}
+
+/// What a client connecting from `src` receives first: `Ok(())` for a greeting, or the ERR.
+pub async fn first_packet_from(src: &str, to: SocketAddr) -> Result<(), (u16, String)> {
+    let mut s = connect_from(src.parse().unwrap_or_else(|e| panic!("{src}: {e}")), to).await;
+    let (seq, p) = read_packet_raw(&mut s).await.unwrap_or_else(|| panic!("closed without a packet"));
+    assert_eq!(seq, 0, "the first packet has sequence id 0");
+    match err_of(&p) {
+        Some(e) => Err(e),
+        None => {
+            assert_eq!(p.first(), Some(&10), "a protocol-10 greeting");
+            Ok(())
+        }
     }
 }

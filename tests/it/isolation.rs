@@ -78,7 +78,8 @@ async fn silent_sockets_hold_no_server_thread() {
     let _ = flexgate::limits::raise_nofile();
     let db = MariaDb::start_private("flexgate-iso-silent", DEBIAN_DEFAULTS);
     let (user, schema) = db.user();
-    let proxy = ProxyConfig { handshake_timeout: "30s", ..ProxyConfig::to(&db) }.start(&db.certs).await;
+    let proxy =
+        ProxyConfig { handshake_timeout: "30s", ..ProxyConfig::to(&db) }.listener(MANY_PREAUTH).start(&db.certs).await;
     proxy.profile_learned().await;
     // The startup probe's connection is gone; what is left is root's status query itself.
     status_until(&db, "Threads_connected", "<= 1 before the test", |v| v <= 1).await;
@@ -111,8 +112,11 @@ async fn silent_sockets_hold_server_threads_in_server_greeting_mode() {
     let _ = flexgate::limits::raise_nofile();
     let db = MariaDb::start_private("flexgate-iso-silent-sg", DEBIAN_DEFAULTS);
     let (user, schema) = db.user();
-    let proxy =
-        ProxyConfig { handshake_timeout: "30s", ..ProxyConfig::to(&db) }.server_greeting().start(&db.certs).await;
+    let proxy = ProxyConfig { handshake_timeout: "30s", ..ProxyConfig::to(&db) }
+        .listener(MANY_PREAUTH)
+        .server_greeting()
+        .start(&db.certs)
+        .await;
     proxy.profile_learned().await;
     status_until(&db, "Threads_connected", "<= 1 before the test", |v| v <= 1).await;
 
@@ -134,7 +138,7 @@ async fn probes_add_nothing_to_aborted_connects() {
     let _ = flexgate::limits::raise_nofile();
     let db = MariaDb::start_private("flexgate-iso-probe", DEBIAN_DEFAULTS);
     let (user, schema) = db.user();
-    let proxy = ProxyConfig::to(&db).start(&db.certs).await;
+    let proxy = ProxyConfig::to(&db).listener(MANY_PREAUTH).start(&db.certs).await;
     proxy.profile_learned().await;
     // The startup probe closes after the greeting: the server counts that one abort, once its
     // thread has seen the close.
@@ -156,7 +160,7 @@ async fn probes_add_nothing_to_aborted_connects() {
 #[tokio::test(flavor = "multi_thread")]
 async fn probes_are_aborted_connects_in_server_greeting_mode() {
     let db = MariaDb::start_private("flexgate-iso-probe-sg", DEBIAN_DEFAULTS);
-    let proxy = ProxyConfig::to(&db).server_greeting().start(&db.certs).await;
+    let proxy = ProxyConfig::to(&db).listener(MANY_PREAUTH).server_greeting().start(&db.certs).await;
     proxy.profile_learned().await;
     let before = status_until(&db, "Aborted_connects", ">= 1 (the startup probe)", |v| v >= 1).await;
     status_until(&db, "Threads_connected", "<= 1 before the probes", |v| v <= 1).await;

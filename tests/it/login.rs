@@ -59,6 +59,7 @@ async fn several_listeners_serve_at_once() {
     let (user, _) = db.user();
     let mut text = ProxyConfig::to(db).toml(&db.certs);
     text.push_str("[[listener]]\nname = \"private\"\naddress = \"127.0.0.1:0\"\nhandshake_timeout = \"5s\"\n");
+    text.push_str(LOOPBACK);
     let cfg = flexgate::config::Config::parse(&text, &db.certs.dir.join("two.toml")).unwrap_or_else(|e| panic!("{e}"));
     let bound = flexgate::server::Proxy::build(&cfg)
         .unwrap_or_else(|e| panic!("{e}"))

@@ -6,6 +6,10 @@ use crate::{WireError, write_header};
 /// Error codes and SQLSTATEs flexgate sends itself. Codes are MySQL's, so that clients and
 /// operators recognise them.
 pub mod codes {
+    /// `ER_CON_COUNT_ERROR`: too many connections.
+    pub const CON_COUNT_ERROR: u16 = 1040;
+    /// `ER_HOST_NOT_PRIVILEGED`: this host may not connect.
+    pub const HOST_NOT_PRIVILEGED: u16 = 1130;
     /// `ER_HANDSHAKE_ERROR`: the handshake packet could not be understood.
     pub const HANDSHAKE_ERROR: u16 = 1043;
     /// `ER_ACCESS_DENIED_ERROR`.
