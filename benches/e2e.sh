@@ -49,6 +49,11 @@ FLEXGATE_BIN=${FLEXGATE_BIN:-}
 # A baseline (older) flexgate binary for before/after comparisons in one run:
 # the flexgate-base and flexgate-base-tls paths go through it.
 FLEXGATE_BASE_BIN=${FLEXGATE_BASE_BIN:-}
+# The current binary's listener admits clients through an allow-list of this
+# many prefixes (a generated @bench IP set that also holds 127.0.0.0/8), so
+# the firewall's lookup is on the measured path. 0: a plain "127.0.0.1" rule.
+# The baseline binary gets no rules: it predates the firewall.
+ALLOW_PREFIXES=${ALLOW_PREFIXES:-10000}
 DB_USER=sbtest
 DB_PASS=sbtest
 DB_NAME=sbtest
@@ -383,7 +388,7 @@ EOF
 # the same config (only the port differs), so a before/after difference is
 # the binary's, not the setup's.
 write_flexgate_config() {
-  local file=$1 port=$2
+  local file=$1 port=$2 rules=${3:-}
   cat >"$file" <<EOF
 [backend]
 address = "127.0.0.1:$DB_PORT"
@@ -399,14 +404,37 @@ require_secure_transport = false
 name = "bench"
 address = "127.0.0.1:$port"
 EOF
+  [[ -n $rules ]] && printf '%s\n' "$rules" >>"$file"
+  return 0
+}
+
+# The listener rules of the current binary: an allow-list of ALLOW_PREFIXES
+# prefixes, with pre-auth headroom for sysbench's threads connecting at once.
+flexgate_rules() {
+  local set="$WORK/allow-$ALLOW_PREFIXES.txt"
+  if ((ALLOW_PREFIXES == 0)); then
+    printf 'allow = ["127.0.0.1"]\nmax_preauth_per_ip = 1024\n'
+    return
+  fi
+  if [[ ! -f $set ]]; then
+    # Seeded pseudo-random /16-/30 prefixes from 11.0.0.0 up, and loopback.
+    awk -v n="$ALLOW_PREFIXES" 'BEGIN {
+      srand(42); print "127.0.0.0/8"
+      for (i = 1; i < n; i++) {
+        len = 16 + int(rand() * 15)
+        printf "%d.%d.%d.0/%d\n", 11 + int(rand() * 100), int(rand() * 256), int(rand() * 256), len
+      }
+    }' >"$set"
+  fi
+  printf 'allow = ["@bench"]\nmax_preauth_per_ip = 1024\n\n[ipsets.bench]\nfile = "%s"\nformat = "cidr-list"\n' "$set"
 }
 
 # Starts one flexgate process: name (also the stem of its .toml and .log in
 # the work dir, which cleanup copies to logs/), binary, port; sets the
 # variable named by $4 to its pid.
 start_flexgate_proc() {
-  local name=$1 bin=$2 port=$3 pid_var=$4 pid
-  write_flexgate_config "$WORK/$name.toml" "$port"
+  local name=$1 bin=$2 port=$3 pid_var=$4 rules=${5:-} pid
+  write_flexgate_config "$WORK/$name.toml" "$port" "$rules"
   # Quiet logging: per-connection info lines would tax the connection-rate test,
   # and HAProxy logs nothing here either.
   FLEXGATE_LOG=${FLEXGATE_LOG:-warn} "$bin" run --config "$WORK/$name.toml" \
@@ -418,7 +446,7 @@ start_flexgate_proc() {
   log "$name up on 127.0.0.1:$port (pid $pid, $bin)"
 }
 
-start_flexgate() { start_flexgate_proc flexgate "$FLEXGATE_BIN" "$FG_PORT" FLEXGATE_PID; }
+start_flexgate() { start_flexgate_proc flexgate "$FLEXGATE_BIN" "$FG_PORT" FLEXGATE_PID "$(flexgate_rules)"; }
 start_flexgate_base() { start_flexgate_proc flexgate-base "$FLEXGATE_BASE_BIN" "$FGB_PORT" FLEXGATE_BASE_PID; }
 
 # ---------------------------------------------------------------- paths --
