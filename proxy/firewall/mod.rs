@@ -36,7 +36,7 @@ pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 /// refusal log's rate limit. Keyed by the listener's name.
 #[derive(Debug, Default)]
 pub struct ListenerGate {
-    /// Connection counts.
+    /// Connection counts; an `Arc` because every session's permit gives its place back here.
     pub quota: std::sync::Arc<Quota>,
     /// Clients refused by the allow and deny lists.
     pub refused_firewall: AtomicU64,

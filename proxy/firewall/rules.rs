@@ -87,8 +87,8 @@ impl Rules {
         }
     }
 
-    /// Whether nothing can ever be allowed: no allow entries at all (sets may be empty too,
-    /// but they can fill on reload, so only the config's own emptiness is warned about).
+    /// Whether nobody is allowed now: no allow entries, or only empty sets. Startup and every
+    /// reload warn about it, since such a listener refuses every connection.
     pub fn allows_nobody(&self) -> bool {
         self.allow.nets.is_empty() && self.allow.hosts.is_empty()
     }
