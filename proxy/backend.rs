@@ -90,6 +90,11 @@ impl Backend {
         self.connect_timeout
     }
 
+    /// Whether each connection starts with a PROXY header naming the client.
+    pub fn sends_proxy_header(&self) -> bool {
+        self.proxy_protocol.is_some()
+    }
+
     /// Whether the server leg is upgraded to TLS after the greeting.
     pub fn uses_tls(&self) -> bool {
         self.tls.is_some()

@@ -578,7 +578,11 @@ async fn accept_loop(
                 // A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d; logs, events and
                 // limits use the IPv4 form, as they do for a PROXY header's address.
                 let peer = SocketAddr::new(crate::firewall::canonical(peer.ip()), peer.port());
-                let origin = Origin { peer: ClientAddr::Tcp(peer), local: sock.local_addr().ok() };
+                // The address the client connected to matters only to the PROXY header for the
+                // server (or comes from the client's own header): one system call saved per
+                // connection otherwise.
+                let local = if ctx.backend.sends_proxy_header() { sock.local_addr().ok() } else { None };
+                let origin = Origin { peer: ClientAddr::Tcp(peer), local };
                 tasks.spawn(session::run(sock, origin, ctx));
             }
             Accepted::Unix(sock) => {
