@@ -837,6 +837,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
                     reason,
                     error = %e,
                     suppressed,
+                    refused_total = self.ctx.gate.refused(),
                     "connection refused"
                 );
             }
