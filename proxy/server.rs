@@ -60,6 +60,9 @@ const FIRST_RESOLUTION: Duration = Duration::from_secs(5);
 pub struct Proxy {
     shared: Arc<Shared>,
     snapshot: Snapshot,
+    /// The digest of the files as they were built from: a change before the watcher starts
+    /// is then still seen.
+    loaded: [u8; 32],
 }
 
 impl Proxy {
@@ -68,7 +71,8 @@ impl Proxy {
         let shared = Arc::new(Shared::new(cfg)?);
         let snapshot = Snapshot::build(cfg.clone(), &shared, 1)?;
         snapshot.log_rules();
-        Ok(Self { shared, snapshot })
+        let loaded = fingerprint(&cfg.referenced_files());
+        Ok(Self { shared, snapshot, loaded })
     }
 
     /// Opens every listening socket, or none.
@@ -79,7 +83,16 @@ impl Proxy {
         }
         let (requests, reload_rx) = mpsc::channel(4);
         let (status, _) = watch::channel(ReloadStatus::first(&sockets));
-        Ok(Bound { shared: self.shared, snapshot: self.snapshot, sockets, requests, reload_rx, status, watch: false })
+        Ok(Bound {
+            shared: self.shared,
+            snapshot: self.snapshot,
+            loaded: self.loaded,
+            sockets,
+            requests,
+            reload_rx,
+            status,
+            watch: false,
+        })
     }
 }
 
@@ -203,6 +216,7 @@ impl Reloader {
 pub struct Bound {
     shared: Arc<Shared>,
     snapshot: Snapshot,
+    loaded: [u8; 32],
     sockets: BTreeMap<String, Socket>,
     requests: mpsc::Sender<oneshot::Sender<ReloadStatus>>,
     reload_rx: mpsc::Receiver<oneshot::Sender<ReloadStatus>>,
@@ -261,7 +275,7 @@ impl Bound {
     /// flexgate's greeting is built from; if the server is down, the first client's session
     /// learns it instead.
     pub async fn serve(self, shutdown: CancellationToken, grace: Duration) {
-        let Self { shared, snapshot, sockets, requests: _, mut reload_rx, status, watch } = self;
+        let Self { shared, snapshot, loaded, sockets, requests: _, mut reload_rx, status, watch } = self;
         let tasks = TaskTracker::new();
         let log = tokio::spawn(events::log_events(shared.events.subscribe()));
         let (backend, profile) = (shared.backend.clone(), shared.profile.clone());
@@ -271,7 +285,7 @@ impl Bound {
             }
         });
         let watched = snapshot.config.referenced_files();
-        let last_seen = Some(fingerprint(&watched));
+        let last_seen = Some(loaded);
         let mut server = Serving {
             shared,
             snapshot,
@@ -292,9 +306,15 @@ impl Bound {
         }
         let (changed_tx, mut changed_rx) = mpsc::channel(1);
         let mut watcher = if watch {
-            match FileWatcher::new(changed_tx) {
+            match FileWatcher::new(changed_tx.clone()) {
                 Ok(mut w) => {
                     w.watch(&server.watched);
+                    // A change between loading the config and watching it has no event of its
+                    // own: look once, now that the watch is in place.
+                    let files = server.watched.clone();
+                    if tokio::task::spawn_blocking(move || fingerprint(&files)).await.ok() != Some(loaded) {
+                        let _ = changed_tx.try_send(());
+                    }
                     Some(w)
                 }
                 Err(e) => {
