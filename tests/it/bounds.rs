@@ -9,16 +9,6 @@ use flexgate::metrics::Outcome;
 
 use crate::harness::*;
 
-/// Reads one packet (header and payload) with a deadline.
-async fn read_packet(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
-    let mut hdr = [0u8; 4];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut hdr)).await.ok()?.ok()?;
-    let len = usize::from(hdr[0]) | usize::from(hdr[1]) << 8 | usize::from(hdr[2]) << 16;
-    let mut payload = vec![0; len];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut payload)).await.ok()?.ok()?;
-    Some((hdr[3], payload))
-}
-
 /// Whether the peer closes within `limit` (EOF or reset), whatever it sends before.
 async fn closes_within(s: &mut TcpStream, limit: Duration) -> bool {
     let mut buf = [0u8; 256];
@@ -38,10 +28,6 @@ async fn greeted(port: u16) -> TcpStream {
     let (seq, greeting) = read_packet(&mut s).await.unwrap_or_else(|| panic!("no greeting"));
     assert_eq!((seq, greeting.first()), (0, Some(&10)));
     s
-}
-
-fn err_code(payload: &[u8]) -> Option<u16> {
-    (payload.first() == Some(&0xff) && payload.len() >= 3).then(|| u16::from_le_bytes([payload[1], payload[2]]))
 }
 
 #[tokio::test(flavor = "multi_thread")]

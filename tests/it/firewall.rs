@@ -3,7 +3,6 @@
 //! per-listener certificates and Unix-socket listeners. Real MariaDB, real clients.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 
@@ -159,14 +158,8 @@ async fn max_connections_trips_and_frees() {
     assert_eq!(code, 1040);
     assert!(msg.contains("max_connections"), "{msg}");
     a.disconnect().await.unwrap_or_else(|e| panic!("{e}"));
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        match mysql_async::Conn::new(opts()).await {
-            Ok(_) => break,
-            Err(e) => assert!(Instant::now() < until, "no slot freed after a disconnect: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_async("a slot freed after a disconnect", || async { mysql_async::Conn::new(opts()).await.is_ok() })
+        .await;
 }
 
 /// `max_connections_per_ip` counts one address's connections, logged in or not; another
@@ -181,10 +174,10 @@ async fn max_connections_per_ip_trips_and_frees() {
     limit_err(&login_from("127.0.0.1", proxy.port(), &user, &schema, &db.certs).await, "max_connections_per_ip");
     assert_eq!(login_from("127.0.0.2", proxy.port(), &user, &schema, &db.certs).await, "1");
     held.disconnect().await.unwrap_or_else(|e| panic!("{e}"));
-    let until = Instant::now() + Duration::from_secs(10);
-    while login_from("127.0.0.1", proxy.port(), &user, &schema, &db.certs).await != "1" {
-        assert!(Instant::now() < until, "the address's slot was not freed");
-    }
+    eventually_async("the address's slot freed", || async {
+        login_from("127.0.0.1", proxy.port(), &user, &schema, &db.certs).await == "1"
+    })
+    .await;
 }
 
 /// `connect_rate_per_ip` is a token bucket per address: a burst of N, then N per period.
@@ -214,11 +207,10 @@ async fn connect_rate_per_ip_trips_and_refills() {
     assert_eq!(code, 1040);
     assert!(msg.contains("connect_rate_per_ip"), "{msg}");
     assert_eq!(first_packet_from("127.0.0.2", proxy.addr).await, Ok(()), "another address has its own bucket");
-    let until = Instant::now() + Duration::from_secs(10);
-    while login_from("127.0.0.1", port, &user, &schema, &db.certs).await != "1" {
-        assert!(Instant::now() < until, "the bucket did not refill");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually_async("the bucket refilled", || async {
+        login_from("127.0.0.1", port, &user, &schema, &db.certs).await == "1"
+    })
+    .await;
 }
 
 /// Silent sockets from one address beyond `max_preauth_per_ip` are refused with 1040, while a
@@ -235,7 +227,7 @@ async fn preauth_slots_per_address() {
     let mut silent = Vec::new();
     for _ in 0..4 {
         let mut s = connect_from(src, proxy.addr).await;
-        let (_, p) = read_packet_raw(&mut s).await.unwrap_or_else(|| panic!("closed"));
+        let (_, p) = read_packet(&mut s).await.unwrap_or_else(|| panic!("closed"));
         assert!(err_of(&p).is_none(), "greeted");
         silent.push(s);
     }
@@ -247,11 +239,7 @@ async fn preauth_slots_per_address() {
     }
     assert_eq!(login_from("127.0.0.6", proxy.port(), &user, &schema, &db.certs).await, "1");
     drop(silent);
-    let until = Instant::now() + Duration::from_secs(10);
-    while first_packet_from("127.0.0.5", proxy.addr).await.is_err() {
-        assert!(Instant::now() < until, "the slots were not freed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_async("the slots freed", || async { first_packet_from("127.0.0.5", proxy.addr).await.is_ok() }).await;
 }
 
 /// The certificate's subject as `openssl s_client -starttls mysql` prints it.

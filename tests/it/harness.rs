@@ -606,6 +606,19 @@ pub async fn eventually(what: &str, f: impl Fn() -> bool) {
     }
 }
 
+/// Waits until the async condition `f` holds, polling for at most 15 s.
+pub async fn eventually_async<F, Fut>(what: &str, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + Duration::from_secs(15);
+    while !f().await {
+        assert!(Instant::now() < until, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 impl Drop for MariaDb {
     fn drop(&mut self) {
         self.stop();
@@ -620,26 +633,25 @@ pub async fn connect_from(src: std::net::IpAddr, to: SocketAddr) -> tokio::net::
     sock.connect(to).await.unwrap_or_else(|e| panic!("connect {to} from {src}: {e}"))
 }
 
-/// The next packet (sequence id, payload), or `None` on close; fails after 10 s.
-pub async fn read_packet_raw(s: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+/// Reads one packet (sequence id, payload), or `None` on close or after 10 s of silence.
+pub async fn read_packet(s: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
     use tokio::io::AsyncReadExt;
-    let read = async {
-        let mut h = [0u8; 4];
-        s.read_exact(&mut h).await.ok()?;
-        let len = usize::from(h[0]) | usize::from(h[1]) << 8 | usize::from(h[2]) << 16;
-        let mut p = vec![0; len];
-        s.read_exact(&mut p).await.ok()?;
-        Some((h[3], p))
-    };
-    tokio::time::timeout(Duration::from_secs(10), read).await.unwrap_or_else(|_| panic!("no packet within 10 s"))
+    let mut hdr = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut hdr)).await.ok()?.ok()?;
+    let len = usize::from(hdr[0]) | usize::from(hdr[1]) << 8 | usize::from(hdr[2]) << 16;
+    let mut payload = vec![0; len];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut payload)).await.ok()?.ok()?;
+    Some((hdr[3], payload))
+}
+
+/// An ERR packet's code.
+pub fn err_code(payload: &[u8]) -> Option<u16> {
+    (payload.first() == Some(&0xff) && payload.len() >= 3).then(|| u16::from_le_bytes([payload[1], payload[2]]))
 }
 
 /// An ERR packet's code and message (a pre-greeting ERR has no SQLSTATE marker).
 pub fn err_of(p: &[u8]) -> Option<(u16, String)> {
-    if p.first() != Some(&0xff) || p.len() < 3 {
-        return None;
-    }
-    let code = u16::from_le_bytes([p[1], p[2]]);
+    let code = err_code(p)?;
     let rest = &p[3..];
     let msg = if rest.first() == Some(&b'#') && rest.len() >= 6 { &rest[6..] } else { rest };
     Some((code, String::from_utf8_lossy(msg).into_owned()))
@@ -648,7 +660,7 @@ pub fn err_of(p: &[u8]) -> Option<(u16, String)> {
 /// What a client connecting from `src` receives first: `Ok(())` for a greeting, or the ERR.
 pub async fn first_packet_from(src: &str, to: SocketAddr) -> Result<(), (u16, String)> {
     let mut s = connect_from(src.parse().unwrap_or_else(|e| panic!("{src}: {e}")), to).await;
-    let (seq, p) = read_packet_raw(&mut s).await.unwrap_or_else(|| panic!("closed without a packet"));
+    let (seq, p) = read_packet(&mut s).await.unwrap_or_else(|| panic!("closed without a packet"));
     assert_eq!(seq, 0, "the first packet has sequence id 0");
     match err_of(&p) {
         Some(e) => Err(e),

@@ -93,17 +93,17 @@ async fn trusted_headers_name_the_client() {
     // A carried address that the allow-list does not hold: 1130 names it, not the balancer.
     let outsider = balancer(proxy.addr, claimed("203.0.113.9:5000"), false).await;
     let mut s = TcpStream::connect(outsider).await.unwrap_or_else(|e| panic!("{e}"));
-    let (seq, p) = read_packet_raw(&mut s).await.unwrap_or_else(|| panic!("closed"));
+    let (seq, p) = read_packet(&mut s).await.unwrap_or_else(|| panic!("closed"));
     assert_eq!(
         (seq, err_of(&p)),
         (0, Some((1130, "Host '203.0.113.9' is not allowed to connect to this MySQL server".into())))
     );
     // 127.0.0.2 may connect but is not trusted: its header is refused.
     let mut s = connect_from("127.0.0.2".parse().unwrap_or_else(|e| panic!("{e}")), proxy.addr).await;
-    let (_, greeting) = read_packet_raw(&mut s).await.unwrap_or_else(|| panic!("closed"));
+    let (_, greeting) = read_packet(&mut s).await.unwrap_or_else(|| panic!("closed"));
     assert!(err_of(&greeting).is_none());
     s.write_all(&header(false, claimed("10.9.9.9:1"), proxy.addr)).await.unwrap_or_else(|e| panic!("{e}"));
-    let (_, p) = read_packet_raw(&mut s).await.unwrap_or_else(|| panic!("closed"));
+    let (_, p) = read_packet(&mut s).await.unwrap_or_else(|| panic!("closed"));
     let (code, msg) = err_of(&p).unwrap_or_else(|| panic!("no ERR"));
     assert_eq!(code, 1130);
     assert!(msg.contains("not a trusted proxy"), "{msg}");
@@ -119,7 +119,7 @@ async fn a_trusted_peer_without_a_header_is_refused() {
         .await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap_or_else(|e| panic!("{e}"));
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap_or_else(|e| panic!("{e}"));
-    let (_, p) = read_packet_raw(&mut s).await.unwrap_or_else(|| panic!("closed"));
+    let (_, p) = read_packet(&mut s).await.unwrap_or_else(|| panic!("closed"));
     assert_eq!(err_of(&p).map(|e| e.0), Some(1043));
     eventually("counted as a PROXY refusal", || {
         proxy.gate.refused_proxy.load(std::sync::atomic::Ordering::Relaxed) == 1

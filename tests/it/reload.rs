@@ -147,15 +147,3 @@ async fn listeners_come_and_go_on_reload() {
     assert_eq!(v, Some(5), "a session of a removed listener goes on");
     assert_eq!(first_packet_from("127.0.0.1", proxy.addr).await, Ok(()), "the other listener is untouched");
 }
-
-async fn eventually_async<F, Fut>(what: &str, f: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    while !f().await {
-        assert!(std::time::Instant::now() < until, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
