@@ -17,7 +17,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::backend::Backend;
-use crate::config::{Config, ConfigError, DisplayPath, ListenAddress, ListenerConfig};
+use crate::config::{BackendConfig, Config, ConfigError, DisplayPath, DnsConfig, ListenAddress, ListenerConfig};
 use crate::events::LoginEvents;
 use crate::firewall::dns::{DnsBounds, DnsError, HostEntry, HostResolver, Hostname};
 use crate::firewall::{FeedError, IpSet, ListenerGate, Rules};
@@ -83,8 +83,8 @@ pub struct Shared {
     /// Resolves hostnames in rules; fixed at startup, like `[backend]`.
     pub resolver: Arc<HostResolver>,
     gates: Mutex<HashMap<String, Arc<ListenerGate>>>,
-    /// The config the fixed parts were built from.
-    pub first: Config,
+    /// The sections fixed at startup, to tell a reload that changes them needs a restart.
+    fixed: (BackendConfig, DnsConfig),
 }
 
 impl Shared {
@@ -116,7 +116,7 @@ impl Shared {
             metrics: Arc::default(),
             resolver: Arc::new(resolver),
             gates: Mutex::default(),
-            first: cfg.clone(),
+            fixed: (cfg.backend.clone(), cfg.dns.clone()),
         })
     }
 
@@ -129,10 +129,10 @@ impl Shared {
     /// What a new config changes that only a restart applies.
     pub fn needs_restart(&self, next: &Config) -> Vec<&'static str> {
         let mut keys = Vec::new();
-        if next.backend != self.first.backend {
+        if next.backend != self.fixed.0 {
             keys.push("backend");
         }
-        if next.dns != self.first.dns {
+        if next.dns != self.fixed.1 {
             keys.push("dns");
         }
         keys
@@ -158,8 +158,6 @@ pub struct Snapshot {
     pub listeners: BTreeMap<String, ListenerPlan>,
     /// Refreshers of hostnames that this snapshot is the first to name.
     pub refreshers: Vec<Refresher>,
-    /// The hostnames its rules name.
-    pub hosts: Vec<Arc<HostEntry>>,
     /// Merged range counts of the loaded IP sets, for the log.
     pub ipsets: BTreeMap<String, usize>,
 }
@@ -191,7 +189,6 @@ impl Snapshot {
             sets.insert(name.clone(), Arc::new(set));
         }
         let mut refreshers: Vec<Refresher> = Vec::new();
-        let mut hosts: Vec<Arc<HostEntry>> = Vec::new();
         let mut listeners = BTreeMap::new();
         for (i, l) in cfg.listeners.iter().enumerate() {
             let server_tls = tls::server_config(&l.tls).map_err(|e| BuildError::Tls {
@@ -204,7 +201,6 @@ impl Snapshot {
                 if let Some(r) = refresher {
                     refreshers.push(Box::pin(r));
                 }
-                hosts.push(entry.clone());
                 entry
             };
             let firewall = Rules::compile(&l.allow, &l.deny, &sets, &mut host);
@@ -228,7 +224,12 @@ impl Snapshot {
             };
             listeners.insert(l.name.clone(), ListenerPlan { config: l.clone(), context: Arc::new(context) });
         }
-        Ok(Self { generation, config: cfg, listeners, refreshers, hosts, ipsets })
+        Ok(Self { generation, config: cfg, listeners, refreshers, ipsets })
+    }
+
+    /// The hostnames its listeners' rules name.
+    pub fn hosts(&self) -> impl Iterator<Item = &Arc<HostEntry>> {
+        self.listeners.values().flat_map(|l| l.context.firewall.hosts())
     }
 
     /// At startup: what each listener will do with its rules, and what looks wrong.

@@ -297,7 +297,7 @@ impl Bound {
             attempted: Vec::new(),
         };
         server.start_refreshers();
-        wait_resolved(&server.snapshot.hosts).await;
+        wait_resolved(server.snapshot.hosts()).await;
         for (name, socket) in sockets {
             if let Some(plan) = server.snapshot.listeners.get(&name) {
                 let ctx = plan.context.clone();
@@ -361,7 +361,7 @@ impl Bound {
 
 /// Waits (bounded) for the first answer of every hostname in rules. One after another: they
 /// all resolve concurrently in their refreshers, so the wait is the slowest one's.
-async fn wait_resolved(hosts: &[Arc<HostEntry>]) {
+async fn wait_resolved<'a>(hosts: impl Iterator<Item = &'a Arc<HostEntry>>) {
     let all = async {
         for h in hosts {
             h.resolved().await;
@@ -488,7 +488,7 @@ impl Serving {
             tokio::spawn(r);
         }
         tokio::select! {
-            () = wait_resolved(&next.hosts) => {}
+            () = wait_resolved(next.hosts()) => {}
             () = self.shutdown.cancelled() => return Err("shutting down".into()),
         }
         let mut changes = describe_changes(&self.snapshot, &next);

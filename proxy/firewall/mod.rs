@@ -48,7 +48,28 @@ pub struct ListenerGate {
     log: RefusalLog,
 }
 
+/// The kinds of refusal a listener's gate counts: what a scan or a flood produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateRefusal {
+    /// The allow and deny lists.
+    Firewall,
+    /// A connection limit.
+    Limit,
+    /// A PROXY header: missing or bad from a trusted peer, or sent by an untrusted one.
+    ProxyHeader,
+}
+
 impl ListenerGate {
+    /// Counts one refusal.
+    pub fn count(&self, kind: GateRefusal) {
+        let counter = match kind {
+            GateRefusal::Firewall => &self.refused_firewall,
+            GateRefusal::Limit => &self.refused_limit,
+            GateRefusal::ProxyHeader => &self.refused_proxy,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Whether a refusal may be logged now; `Some(n)` gives the refusals left unlogged since
     /// the last line. A flood of refused clients costs one line per second.
     pub fn may_log(&self, now: Instant) -> Option<u64> {

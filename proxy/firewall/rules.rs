@@ -12,7 +12,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use super::dns::{HostEntry, Hostname};
-use super::ipset::{IpSet, canonical};
+use super::ipset::IpSet;
 use crate::config::SourceRule;
 
 /// What the lists say about one address.
@@ -75,9 +75,9 @@ impl Rules {
         Self { allow, deny }
     }
 
-    /// Decides `ip`, matching an IPv4-mapped IPv6 address as the IPv4 address it carries.
+    /// Decides `ip`. An IPv4-mapped IPv6 address is matched as the IPv4 address it carries:
+    /// [`IpSet::contains`] and [`HostEntry::contains`] both see to that.
     pub fn check(&self, ip: IpAddr) -> Verdict {
-        let ip = canonical(ip);
         if self.deny.matches(ip) {
             Verdict::Denied
         } else if self.allow.matches(ip) {

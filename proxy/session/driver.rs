@@ -19,7 +19,7 @@ use super::stream::{ClientStream, ReadError, read_packet};
 use super::{Blame, ListenerContext, Origin, SessionError, policy};
 use crate::backend::{Backend, BackendError, BackendStream};
 use crate::events::{ClientAddr, LoginEvent, LoginKind, LoginOutcome, Transport, loggable};
-use crate::firewall::{Permit, canonical};
+use crate::firewall::Permit;
 use crate::metrics::Outcome;
 use crate::profile::ProfileCell;
 use crate::protocol::{
@@ -273,10 +273,12 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
             }
             Err(e) => {
                 // Counted before the ERR goes out, so that whoever reads the ERR sees the count.
-                let counted = self.count_refusal(&e);
-                self.log.at_connect = counted.is_some();
+                if let Some((kind, _)) = e.refused_at_connect() {
+                    self.ctx.gate.count(kind);
+                    self.log.at_connect = true;
+                }
                 let code = self.refuse(&e).await;
-                self.log_failure(&e, counted);
+                self.log_failure(&e);
                 self.publish(LoginKind::Connect, e.login_outcome(), started.elapsed());
                 (e.outcome(), code)
             }
@@ -338,9 +340,11 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
             return Err(SessionError::ClientGone("connection closed".into()));
         };
         match proxy_protocol::read_header(plain).await {
+            // The header's addresses come canonical (IPv4 for a mapped address), as the
+            // accept loop makes the socket's.
             Ok(Header::Proxied { source, destination }) => {
                 self.via = Some(socket_peer);
-                self.peer = ClientAddr::Tcp(SocketAddr::new(canonical(source.ip()), source.port()));
+                self.peer = ClientAddr::Tcp(source);
                 self.local = Some(destination);
                 Ok(())
             }
@@ -637,7 +641,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
                     self.input = relay.take_client_input();
                     if let Err(e) = self.change_user(&mut backend, payload).await {
                         let code = self.refuse(&e).await;
-                        self.log_failure(&e, None);
+                        self.log_failure(&e);
                         break (e.outcome(), code);
                     }
                     relay.put_client_input(std::mem::take(&mut self.input));
@@ -808,24 +812,9 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         Some(r.code)
     }
 
-    /// Counts a refusal of the listener's gate (firewall, limits, PROXY headers) and returns
-    /// its label, or `None` for other failures.
-    fn count_refusal(&self, e: &SessionError) -> Option<&'static str> {
-        let gate = &self.ctx.gate;
-        let (counter, reason) = match e {
-            SessionError::Denied(d @ Denial::HostNotAllowed(_)) => (&gate.refused_firewall, d.as_str()),
-            SessionError::Denied(d @ Denial::TooManyConnections(_)) => (&gate.refused_limit, d.as_str()),
-            SessionError::Denied(d @ Denial::UntrustedProxyHeader(_)) => (&gate.refused_proxy, d.as_str()),
-            SessionError::ProxyHeader(_) => (&gate.refused_proxy, "bad_proxy_header"),
-            _ => return None,
-        };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Some(reason)
-    }
-
-    fn log_failure(&self, e: &SessionError, counted: Option<&'static str>) {
+    fn log_failure(&self, e: &SessionError) {
         let (listener, peer) = (&self.ctx.listener, self.peer);
-        if let Some(reason) = counted {
+        if let Some((_, reason)) = e.refused_at_connect() {
             // Refusals before the greeting are what a scan or a flood produces: counted
             // always, logged at most once a second per listener.
             if let Some(suppressed) = self.ctx.gate.may_log(Instant::now()) {
@@ -875,7 +864,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
                 match (self.ctx.proxy_protocol.is_some(), self.peer.ip()) {
                     // On a listener that takes headers, say why this one was not believed.
                     (true, Some(ip)) if self.via.is_none() && proxy_protocol::looks_like_header(&raw) => {
-                        SessionError::Denied(Denial::UntrustedProxyHeader(canonical(ip)))
+                        SessionError::Denied(Denial::UntrustedProxyHeader(ip))
                     }
                     _ => SessionError::ClientTooLarge(error),
                 }

@@ -8,6 +8,7 @@ use thiserror::Error;
 use super::admission::Denial;
 use super::auth::AuthRefusal;
 use crate::events::LoginOutcome;
+use crate::firewall::GateRefusal;
 use crate::metrics::Outcome;
 use crate::protocol::{WireError, codes};
 
@@ -298,6 +299,18 @@ impl SessionError {
 }
 
 impl SessionError {
+    /// Which of the gate's refusals this is (and its label), if it is one: those are counted
+    /// per listener and logged rate-limited.
+    pub fn refused_at_connect(&self) -> Option<(GateRefusal, &'static str)> {
+        match self {
+            Self::Denied(d @ Denial::HostNotAllowed(_)) => Some((GateRefusal::Firewall, d.as_str())),
+            Self::Denied(d @ Denial::TooManyConnections(_)) => Some((GateRefusal::Limit, d.as_str())),
+            Self::Denied(d @ Denial::UntrustedProxyHeader(_)) => Some((GateRefusal::ProxyHeader, d.as_str())),
+            Self::ProxyHeader(_) => Some((GateRefusal::ProxyHeader, "bad_proxy_header")),
+            _ => None,
+        }
+    }
+
     /// How the login attempt it ended is recorded.
     pub fn login_outcome(&self) -> LoginOutcome {
         match self {
