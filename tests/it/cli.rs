@@ -184,14 +184,14 @@ async fn unix_socket_backend_is_refused_when_running_as_root() {
 }
 
 /// The harness's config for a flexgate binary, with `allow` as the listener's rules.
-fn binary_config(db: &MariaDb, allow: &str) -> String {
+pub(crate) fn binary_config(db: &MariaDb, allow: &str) -> String {
     ProxyConfig::to(db).listener(&format!("allow = [{allow}]\n")).toml(&db.certs)
 }
 
-type LogLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>;
+pub(crate) type LogLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>;
 
 /// `flexgate --log-format json run --config path`, killed when dropped, and its log lines.
-fn run_json(path: &Path) -> (tokio::process::Child, LogLines) {
+pub(crate) fn run_json(path: &Path) -> (tokio::process::Child, LogLines) {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flexgate"))
         .args(["--log-format", "json", "run", "--config"])
         .arg(path)
@@ -204,7 +204,7 @@ fn run_json(path: &Path) -> (tokio::process::Child, LogLines) {
 }
 
 /// Follows a flexgate binary's JSON log until a line contains all of `parts`.
-async fn log_line(lines: &mut LogLines, parts: &[&str]) -> String {
+pub(crate) async fn log_line(lines: &mut LogLines, parts: &[&str]) -> String {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while let Ok(Ok(Some(line))) = tokio::time::timeout_at(deadline, lines.next_line()).await {
         if parts.iter().all(|p| line.contains(p)) {

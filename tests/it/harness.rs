@@ -39,6 +39,15 @@ pub fn require_pymysql() {
     );
 }
 
+/// Fails, saying how to install it, unless python3 can import `module`.
+pub fn require_python_module(module: &str, install: &str) {
+    let ok = Command::new("python3").args(["-c", &format!("import {module}")]).status().is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "the Python module {module} is not importable by python3; install it with: {install} (or run tests/run.sh)"
+    );
+}
+
 /// Certificates for the tests: one CA, one leaf valid for localhost, db.internal and 127.0.0.1.
 pub struct Certs {
     pub dir: PathBuf,
@@ -384,6 +393,7 @@ impl ProxyConfig {
         let registry = bound.registry();
         let gate = bound.gate("test");
         let admin = bound.admin_addr();
+        let readiness = bound.readiness();
         let bound = bound.watch_files();
         let reloader = bound.reloader();
         let stop = flexgate::server::Stop::default();
@@ -399,6 +409,7 @@ impl ProxyConfig {
             reloader,
             config: path,
             admin,
+            readiness,
             stop,
         }
     }
@@ -421,6 +432,8 @@ pub struct RunningProxy {
     pub config: PathBuf,
     /// The admin API, if the config has `[admin]`.
     pub admin: Option<SocketAddr>,
+    /// The readiness latch.
+    pub readiness: Arc<flexgate::health::Readiness>,
     /// Drains (`drain`) or stops (`now`) the proxy; both happen when this handle drops.
     pub stop: flexgate::server::Stop,
 }
