@@ -56,17 +56,23 @@ for tool in mariadbd mariadb mariadb-install-db openssl python3; do
     command -v "$tool" >/dev/null || die "$tool is still missing after installing packages"
 done
 
-if ! python3 -c 'import pymysql' 2>/dev/null; then
-    # Debian's python3 is externally managed (PEP 668): use its package; other
-    # interpreters (pyenv, venvs) take PyMySQL from PyPI.
+# The Python clients, pinned: the README's client compatibility table is produced by a test
+# and names their versions. prometheus_client's parser checks the /metrics exposition.
+py_pkgs=(PyMySQL==1.2.4 PyNaCl cryptography mysql-connector-python==26.10.0 prometheus_client)
+if ! python3 - <<'PY' 2>/dev/null; then
+import importlib.metadata as m
+import pymysql, nacl, mysql.connector, prometheus_client
+assert m.version("PyMySQL") == "1.2.4" and m.version("mysql-connector-python") == "26.10.0"
+PY
+    pip_args=(--quiet)
     if [[ "$(command -v python3)" == /usr/bin/python3 ]]; then
-        apt_install python3-pymysql
-    else
-        say "installing PyMySQL with pip"
-        python3 -m pip install --quiet PyMySQL
+        # Debian's python3 is externally managed (PEP 668); the pinned clients are not Debian's.
+        python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+        pip_args+=(--break-system-packages)
     fi
-    python3 -c 'import pymysql' 2>/dev/null ||
-        die "PyMySQL is not importable; install it with: apt-get install python3-pymysql (or pip install PyMySQL)"
+    say "installing Python clients: ${py_pkgs[*]}"
+    python3 -m pip install "${pip_args[@]}" "${py_pkgs[@]}" ||
+        die "cannot install the Python clients; install them with: python3 -m pip install ${py_pkgs[*]}"
 fi
 
 say "cargo fmt --check"
@@ -81,6 +87,9 @@ trap 'rm -f "$test_log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$test_log"
 # One total over every test binary, for the closing line.
 read -r passed failed < <(awk '/^test result:/ { p += $4; f += $6 } END { print p + 0, f + 0 }' "$test_log")
+
+say "systemd units: systemd-analyze verify and security"
+tests/systemd.sh "${CARGO_TARGET_DIR:-target}/debug/flexgate"
 
 # Fuzzing needs a nightly toolchain (cargo-fuzz builds with sanitizers); run briefly when
 # one is installed, and say so when there is none.
