@@ -52,8 +52,11 @@ FLEXGATE_BASE_BIN=${FLEXGATE_BASE_BIN:-}
 # The current binary's listener admits clients through an allow-list of this
 # many prefixes (a generated @bench IP set that also holds 127.0.0.0/8), so
 # the firewall's lookup is on the measured path. 0: a plain "127.0.0.1" rule.
-# The baseline binary gets no rules: it predates the firewall.
+# The baseline binary gets the same rules (it has the firewall too).
+# The current binary also runs its admin API, scraped every METRICS_SCRAPE
+# seconds during the run (0: no scrapes), so its figures are with metrics on.
 ALLOW_PREFIXES=${ALLOW_PREFIXES:-10000}
+METRICS_SCRAPE=${METRICS_SCRAPE:-5}
 DB_USER=sbtest
 DB_PASS=sbtest
 DB_NAME=sbtest
@@ -446,8 +449,21 @@ start_flexgate_proc() {
   log "$name up on 127.0.0.1:$port (pid $pid, $bin)"
 }
 
-start_flexgate() { start_flexgate_proc flexgate "$FLEXGATE_BIN" "$FG_PORT" FLEXGATE_PID "$(flexgate_rules)"; }
-start_flexgate_base() { start_flexgate_proc flexgate-base "$FLEXGATE_BASE_BIN" "$FGB_PORT" FLEXGATE_BASE_PID; }
+start_flexgate() {
+  local admin_port=$ADMIN_PORT
+  start_flexgate_proc flexgate "$FLEXGATE_BIN" "$FG_PORT" FLEXGATE_PID \
+    "$(flexgate_rules)"$'\n\n[admin]\naddress = "127.0.0.1:'"$admin_port"$'"\n'
+  if ((METRICS_SCRAPE > 0)); then
+    # A Prometheus-like scraper: one GET of /metrics every METRICS_SCRAPE seconds.
+    (while kill -0 "$FLEXGATE_PID" 2>/dev/null; do
+      curl -s -o /dev/null "http://127.0.0.1:$admin_port/metrics" || true
+      sleep "$METRICS_SCRAPE"
+    done) &
+    STARTED_PIDS+=("$!")
+    log "scraping http://127.0.0.1:$admin_port/metrics every ${METRICS_SCRAPE}s"
+  fi
+}
+start_flexgate_base() { start_flexgate_proc flexgate-base "$FLEXGATE_BASE_BIN" "$FGB_PORT" FLEXGATE_BASE_PID "$(flexgate_rules)"; }
 
 # ---------------------------------------------------------------- paths --
 
@@ -1230,7 +1246,7 @@ main() {
   echo "time,rep,order,path,secs,workers,status,conns,errors,conn_per_s,tls,other_cpu_before_pct,other_cpu_run_pct,noisy,server_cpu_s,proxy_cpu_s" >"$CONN_CSV"
   log "work dir $WORK, results in $OUT"
 
-  read -r DB_PORT HAP_PORT FG_PORT FGB_PORT < <(pick_free_ports 4)
+  read -r DB_PORT HAP_PORT FG_PORT FGB_PORT ADMIN_PORT < <(pick_free_ports 5)
   make_certs
   start_mariadb
   if path_selected haproxy || path_selected haproxy-tls; then start_haproxy; fi
