@@ -15,12 +15,17 @@ use thiserror::Error;
 
 mod listener;
 mod network;
+mod ops;
+mod print;
 
 pub use listener::{
     ConnectRate, ConnectionLimits, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PREAUTH_PER_IP, ListenAddress, ListenerConfig,
     ProxyProtocolIn, SourceRule,
 };
 pub use network::{DEFAULT_KEEP_STALE, DEFAULT_MAX_TTL, DEFAULT_MIN_TTL, DnsConfig, IpSetConfig};
+pub use ops::{
+    AdminConfig, DEFAULT_ADMIN_ADDRESS, DEFAULT_BACKEND_RETRY, DEFAULT_DRAIN_TIMEOUT, ShutdownConfig, read_token,
+};
 
 /// A configuration problem, located by file and key.
 #[derive(Debug, Error)]
@@ -59,9 +64,19 @@ pub struct Config {
     pub ipsets: BTreeMap<String, IpSetConfig>,
     /// How hostnames in `allow` and `deny` are resolved.
     pub dns: DnsConfig,
+    /// The admin HTTP listener, if `[admin]` is present.
+    pub admin: Option<AdminConfig>,
+    /// What a stop signal does.
+    pub shutdown: ShutdownConfig,
 }
 
 impl Config {
+    /// The effective config, every default filled in, as TOML with secrets redacted (what
+    /// `check-config --print` shows).
+    pub fn effective_toml(&self) -> String {
+        toml::to_string(&print::effective(self)).unwrap_or_else(|e| format!("# cannot print the config: {e}\n"))
+    }
+
     /// The config file and every file of it that a reload re-reads (certificates, keys, IP
     /// sets): reload watches their directories. The backend's CA is read at startup only, like
     /// the rest of `[backend]`.
@@ -78,6 +93,7 @@ impl Config {
             tls(&l.tls);
         }
         files.extend(self.ipsets.values().map(|s| s.file.clone()));
+        files.extend(self.admin.iter().flat_map(|a| a.token_file.clone()));
         files.sort();
         files.dedup();
         files
@@ -214,6 +230,9 @@ struct RawConfig {
     ipsets: BTreeMap<String, network::RawIpSet>,
     #[serde(default)]
     dns: network::RawDns,
+    admin: Option<ops::RawAdmin>,
+    #[serde(default)]
+    shutdown: ops::RawShutdown,
 }
 
 #[derive(Deserialize)]
@@ -260,6 +279,8 @@ impl Config {
         let tls = client_tls(raw.tls.clone(), &at, base, "tls")?;
         let ipsets = network::ipsets(raw.ipsets, &at, base)?;
         let dns = network::dns(raw.dns, &at)?;
+        let admin = ops::admin(raw.admin, &at, base)?;
+        let shutdown = ops::shutdown(raw.shutdown, &at)?;
         if raw.listener.is_empty() {
             return Err(at.err("listener", "at least one [[listener]] is required".into()));
         }
@@ -285,7 +306,7 @@ impl Config {
             }
             listeners.push(l);
         }
-        Ok(Self { source: path.to_path_buf(), backend, tls, listeners, ipsets, dns })
+        Ok(Self { source: path.to_path_buf(), backend, tls, listeners, ipsets, dns, admin, shutdown })
     }
 }
 

@@ -56,10 +56,12 @@ macro_rules! delegate_async_io {
     };
 }
 
+pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod events;
 pub mod firewall;
+pub mod health;
 pub mod limits;
 pub mod metrics;
 pub mod profile;
@@ -69,5 +71,6 @@ pub mod registry;
 pub mod runtime;
 pub mod server;
 pub mod session;
+pub mod systemd;
 pub mod tls;
 pub mod watch;

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use flexgate::config::{BackendAddress, Config};
-use flexgate::server::Proxy;
-use tokio_util::sync::CancellationToken;
+use flexgate::server::{Proxy, Stop};
 use tracing::{error, info, warn};
 
 /// Security gateway for MySQL and MariaDB.
@@ -40,20 +39,59 @@ enum Command {
         /// Config file (TOML).
         #[arg(long)]
         config: PathBuf,
+        /// Print the effective config (defaults filled in, secrets redacted).
+        #[arg(long)]
+        print: bool,
+    },
+    /// Show a running flexgate's state, from its admin API.
+    Status {
+        /// The admin API's address (host:port); default: `[admin] address` of --config.
+        #[arg(long)]
+        admin: Option<String>,
+        /// Config file to take the admin address and token file from.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Bearer token file, if the admin API requires one.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 if the admin API answers 200 on /healthz or /readyz (for container HEALTHCHECKs,
+    /// where there is no shell or curl).
+    Probe {
+        /// Which endpoint.
+        #[arg(value_enum)]
+        endpoint: Endpoint,
+        /// The admin API's address (host:port).
+        #[arg(long, default_value = flexgate::config::DEFAULT_ADMIN_ADDRESS)]
+        admin: String,
     },
 }
 
-/// How long open sessions may run on after SIGTERM/SIGINT before they are closed.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+#[derive(Clone, Copy, ValueEnum)]
+enum Endpoint {
+    Healthz,
+    Readyz,
+}
+
+/// Bound on every admin API request from the CLI.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::CheckConfig { config } => match Config::load(&config).map_err(|e| e.to_string()).and_then(|c| {
+        Command::CheckConfig { config, print } => match Config::load(&config).map_err(|e| e.to_string()).and_then(|c| {
             Proxy::build(&c).map_err(|e| e.to_string())?;
             Ok(c)
         }) {
+            Ok(c) if print => {
+                println!("# {}: ok; the effective config (defaults filled in, secrets redacted)", config.display());
+                print!("{}", c.effective_toml());
+                ExitCode::SUCCESS
+            }
             Ok(c) => {
                 println!("{}: ok ({} listener(s), backend {})", config.display(), c.listeners.len(), c.backend.address);
                 ExitCode::SUCCESS
@@ -63,7 +101,20 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Status { admin, config, token_file, json } => {
+            client(async move { status(admin, config, token_file, json).await })
+        }
+        Command::Probe { endpoint, admin } => client(async move {
+            let path = match endpoint {
+                Endpoint::Healthz => "/healthz",
+                Endpoint::Readyz => "/readyz",
+            };
+            let (code, body) = get(&admin, path, None).await?;
+            if code == 200 { Ok(()) } else { Err(format!("{path}: HTTP {code}: {}", body.trim())) }
+        }),
         Command::Run { config } => {
+            // Before any thread starts: taking the sockets changes the environment.
+            let inherited = flexgate::systemd::Inherited::from_env();
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -71,7 +122,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(config)) {
+            let result = runtime.block_on(run(config, inherited));
+            // Sessions cut off by the drain timeout or a second signal close here.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     error!("{e}");
@@ -83,7 +137,127 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(path: PathBuf) -> Result<(), String> {
+/// Runs a CLI request on a small runtime; an error goes to stderr with exit code 1.
+fn client(f: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One GET to the admin API: the status code and the body.
+async fn get(admin: &str, path: &str, token: Option<&str>) -> Result<(u16, String), String> {
+    let url = format!("http://{admin}{path}");
+    let http = reqwest::Client::builder()
+        .timeout(ADMIN_TIMEOUT)
+        .no_proxy()
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    let mut req = http.get(&url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.map_err(|e| format!("{url}: {e}; is flexgate running with [admin] configured?"))?;
+    let code = resp.status().as_u16();
+    let body = resp.text().await.map_err(|e| format!("{url}: {e}"))?;
+    Ok((code, body))
+}
+
+async fn status(
+    admin: Option<String>,
+    config: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    json: bool,
+) -> Result<(), String> {
+    let cfg = config.as_deref().map(Config::load).transpose().map_err(|e| e.to_string())?;
+    let from_cfg = cfg.as_ref().and_then(|c| c.admin.as_ref());
+    let admin = admin
+        .or_else(|| from_cfg.map(|a| a.address.to_string()))
+        .unwrap_or_else(|| flexgate::config::DEFAULT_ADMIN_ADDRESS.to_owned());
+    let token_file = token_file.or_else(|| from_cfg.and_then(|a| a.token_file.clone()));
+    let token = token_file.as_deref().map(flexgate::config::read_token).transpose()?;
+    let (code, body) = get(&admin, "/status", token.as_deref().map(String::as_str)).await?;
+    if code != 200 {
+        return Err(format!("/status: HTTP {code}: {}", body.trim()));
+    }
+    if json {
+        print!("{body}");
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("/status is not JSON: {e}"))?;
+    print!("{}", describe_status(&v));
+    Ok(())
+}
+
+/// The human-readable form of `/status`.
+fn describe_status(v: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let str_of = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let _ = writeln!(
+        out,
+        "flexgate {} (pid {}), up {:.0}s, {}",
+        str_of(&v["version"]),
+        v["pid"],
+        v["uptime_seconds"].as_f64().unwrap_or(0.0),
+        if v["ready"].as_bool() == Some(true) { "ready" } else { "NOT READY" }
+    );
+    if let Some(conds) = v["readiness"].as_object() {
+        for (name, c) in conds {
+            let ok = if c["ok"].as_bool() == Some(true) { "ok" } else { "FAILING" };
+            let _ = writeln!(out, "  {name}: {ok} ({})", str_of(&c["detail"]));
+        }
+    }
+    let c = &v["config"];
+    let _ = writeln!(
+        out,
+        "config {} generation {} ({} reload attempt(s)); last: {} {}",
+        str_of(&c["file"]),
+        c["generation"],
+        c["reload_attempts"],
+        if c["last_reload"]["ok"].as_bool() == Some(true) { "ok" } else { "REJECTED" },
+        str_of(&c["last_reload"]["detail"])
+    );
+    let _ = writeln!(
+        out,
+        "backend {} ({})",
+        str_of(&v["backend"]["address"]),
+        if v["backend"]["reachable"].as_bool() == Some(true) { "reachable" } else { "UNREACHABLE" }
+    );
+    for l in v["listeners"].as_array().into_iter().flatten() {
+        let r = &l["refused"];
+        let _ = writeln!(
+            out,
+            "listener {} on {}: {} open, {} accepted, refused: firewall {} limit {} proxy_header {} draining {}",
+            str_of(&l["name"]),
+            str_of(&l["address"]),
+            l["sessions_active"],
+            l["accepted"],
+            r["firewall"],
+            r["limit"],
+            r["proxy_header"],
+            r["draining"]
+        );
+        if let Some(secs) = l["certificate"]["expires_in_seconds"].as_f64() {
+            let _ = writeln!(out, "  certificate expires in {:.1} days", secs / 86400.0);
+        }
+    }
+    let s = &v["sessions"];
+    let _ = writeln!(out, "sessions: {} open, {} accepted since start", s["active"], s["accepted"]);
+    out
+}
+
+async fn run(path: PathBuf, inherited: flexgate::systemd::Inherited) -> Result<(), String> {
     let cfg = Config::load(&path).map_err(|e| e.to_string())?;
     if matches!(cfg.backend.address, BackendAddress::Unix(_)) && running_as_root() {
         // The server sees every client as a local connection from flexgate's OS user, and
@@ -91,7 +265,7 @@ async fn run(path: PathBuf) -> Result<(), String> {
         return Err(format!(
             "{}: backend.address: refusing to connect to a Unix-socket backend as root: with unix_socket \
              authentication (MariaDB's default for root@localhost) any client could log in as root with any \
-             password; run flexgate as its own user (see examples/flexgate.service)",
+             password; run flexgate as its own user (see examples/systemd/flexgate.service)",
             path.display()
         ));
     }
@@ -112,7 +286,10 @@ async fn run(path: PathBuf) -> Result<(), String> {
         Err(e) => warn!(error = %e, "cannot read or raise the open-file limit"),
     }
     let proxy = Proxy::build(&cfg).map_err(|e| e.to_string())?;
-    let bound = proxy.bind().await.map_err(|e| e.to_string())?.watch_files();
+    if !inherited.is_empty() {
+        info!(sockets = inherited.len(), "socket activation: listening sockets passed by systemd");
+    }
+    let bound = proxy.bind_with(inherited).await.map_err(|e| e.to_string())?.watch_files();
     let reloader = bound.reloader();
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
@@ -133,14 +310,18 @@ async fn run(path: PathBuf) -> Result<(), String> {
         backend_tls = ?cfg.backend.tls.mode,
         "flexgate started"
     );
-    let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
+    let stop = Stop::default();
+    let signals = stop.clone();
+    let drain_timeout = cfg.shutdown.drain_timeout;
+    let mut incoming = StopSignals::new();
     tokio::spawn(async move {
-        wait_for_signal().await;
-        info!(grace = ?SHUTDOWN_GRACE, "shutting down: no new connections; open sessions may finish");
-        signal.cancel();
+        incoming.next().await;
+        info!(drain_timeout = ?drain_timeout, "stop signal: draining (a second signal stops at once)");
+        signals.drain.cancel();
+        incoming.next().await;
+        signals.now.cancel();
     });
-    bound.serve(shutdown, SHUTDOWN_GRACE).await;
+    bound.serve(stop).await;
     info!("stopped");
     Ok(())
 }
@@ -155,18 +336,30 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+/// SIGTERM and SIGINT, each time one arrives. The streams are made once, so that a second
+/// signal is not lost between two waits.
+struct StopSignals {
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self { streams: signal(SignalKind::terminate()).ok().zip(signal(SignalKind::interrupt()).ok()) }
+    }
+
+    async fn next(&mut self) {
+        match &mut self.streams {
+            Some((term, int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        _ => {
             // Without signal handlers, only Ctrl-C through tokio's fallback can stop us.
-            let _ = tokio::signal::ctrl_c().await;
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

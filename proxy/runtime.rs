@@ -21,6 +21,7 @@ use crate::config::{BackendConfig, Config, ConfigError, DisplayPath, DnsConfig, 
 use crate::events::LoginEvents;
 use crate::firewall::dns::{DnsBounds, DnsError, HostEntry, HostResolver, Hostname};
 use crate::firewall::{FeedError, IpSet, ListenerGate, Rules};
+use crate::health::{BackendWatch, Readiness};
 use crate::metrics::Metrics;
 use crate::profile::ProfileCell;
 use crate::registry::SessionRegistry;
@@ -78,8 +79,14 @@ pub struct Shared {
     pub registry: Arc<SessionRegistry>,
     /// Login events.
     pub events: LoginEvents,
-    /// Counters.
+    /// The metrics registry.
     pub metrics: Arc<Metrics>,
+    /// The readiness latch.
+    pub readiness: Arc<Readiness>,
+    /// Where server dials report.
+    pub dials: Arc<BackendWatch>,
+    /// Cancelled when a stop signal starts the drain.
+    pub draining: tokio_util::sync::CancellationToken,
     /// Resolves hostnames in rules; fixed at startup, like `[backend]`.
     pub resolver: Arc<HostResolver>,
     gates: Mutex<HashMap<String, Arc<ListenerGate>>>,
@@ -108,12 +115,18 @@ impl Shared {
             HostResolver::with_nameservers(&cfg.dns.nameservers, bounds)
         }
         .map_err(|source| BuildError::Dns { file: file(), source })?;
+        let metrics = Arc::new(Metrics::new());
+        let readiness = Readiness::new(metrics.clone());
+        let dials = Arc::new(BackendWatch::new(&readiness, &metrics));
         Ok(Self {
             backend: Arc::new(Backend::new(&cfg.backend, backend_tls)),
             profile: Arc::default(),
             registry: Arc::default(),
             events: LoginEvents::default(),
-            metrics: Arc::default(),
+            metrics,
+            readiness,
+            dials,
+            draining: tokio_util::sync::CancellationToken::new(),
             resolver: Arc::new(resolver),
             gates: Mutex::default(),
             fixed: (cfg.backend.clone(), cfg.dns.clone()),
@@ -160,6 +173,8 @@ pub struct Snapshot {
     pub refreshers: Vec<Refresher>,
     /// Merged range counts of the loaded IP sets, for the log.
     pub ipsets: BTreeMap<String, usize>,
+    /// Each TLS listener's certificate expiry.
+    pub certificates: BTreeMap<String, std::time::SystemTime>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -190,12 +205,16 @@ impl Snapshot {
         }
         let mut refreshers: Vec<Refresher> = Vec::new();
         let mut listeners = BTreeMap::new();
+        let mut certificates = BTreeMap::new();
         for (i, l) in cfg.listeners.iter().enumerate() {
             let server_tls = tls::server_config(&l.tls).map_err(|e| BuildError::Tls {
                 file: file(),
                 scope: format!("listener[{i}] \"{}\": ", l.name),
                 source: Box::new(e),
             })?;
+            if let Some(t) = server_tls.as_ref().and_then(|t| t.not_after) {
+                certificates.insert(l.name.clone(), t);
+            }
             let mut host = |name: &Hostname| {
                 let (entry, refresher) = shared.resolver.entry(name);
                 if let Some(r) = refresher {
@@ -207,7 +226,7 @@ impl Snapshot {
             let context = ListenerContext {
                 listener: l.name.as_str().into(),
                 handshake_timeout: l.handshake_timeout,
-                tls: server_tls.map(tokio_rustls::TlsAcceptor::from),
+                tls: server_tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config)),
                 min_tls: l.tls.min_version,
                 require_secure_transport: l.tls.require_secure_transport,
                 greeting: l.greeting,
@@ -220,11 +239,13 @@ impl Snapshot {
                 profile: shared.profile.clone(),
                 registry: shared.registry.clone(),
                 events: shared.events.clone(),
-                metrics: shared.metrics.clone(),
+                metrics: shared.metrics.listener(&l.name),
+                dials: shared.dials.clone(),
+                draining: shared.draining.clone(),
             };
             listeners.insert(l.name.clone(), ListenerPlan { config: l.clone(), context: Arc::new(context) });
         }
-        Ok(Self { generation, config: cfg, listeners, refreshers, ipsets })
+        Ok(Self { generation, config: cfg, listeners, refreshers, ipsets, certificates })
     }
 
     /// The hostnames its listeners' rules name.

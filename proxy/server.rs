@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, ListenAddress};
 use crate::events::{self, ClientAddr, LoginEvents};
@@ -29,6 +29,7 @@ use crate::profile::ProfileCell;
 use crate::registry::SessionRegistry;
 use crate::runtime::{BuildError, Shared, Snapshot, describe_changes, fingerprint};
 use crate::session::{self, ListenerContext, Origin};
+use crate::systemd::{self, Inherited, InheritedSocket};
 use crate::watch::FileWatcher;
 
 /// Why flexgate could not start serving (or a reload could not take effect).
@@ -47,6 +48,27 @@ pub enum SetupError {
         /// The OS error.
         source: io::Error,
     },
+    /// A socket passed by the service manager cannot be used.
+    #[error("socket activation: {0}")]
+    Inherited(String),
+    /// The admin listener could not be opened.
+    #[error("admin.address: cannot listen on {address}: {source}")]
+    Admin {
+        /// Address.
+        address: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// How serving ends: `drain` starts the drain (the first SIGTERM or SIGINT), `now` cuts it
+/// short (the second).
+#[derive(Debug, Clone, Default)]
+pub struct Stop {
+    /// Stop taking sessions and drain the open ones for `shutdown.drain_timeout`.
+    pub drain: CancellationToken,
+    /// Close what remains at once.
+    pub now: CancellationToken,
 }
 
 /// How long startup and reloads wait for the first answer for new hostnames in rules, so that
@@ -77,17 +99,54 @@ impl Proxy {
 
     /// Opens every listening socket, or none.
     pub async fn bind(self) -> Result<Bound, SetupError> {
+        self.bind_with(Inherited::none()).await
+    }
+
+    /// Opens every listening socket, or none, taking a listener's socket from `inherited`
+    /// (socket activation) when one is named after it.
+    pub async fn bind_with(self, mut inherited: Inherited) -> Result<Bound, SetupError> {
         let mut sockets = BTreeMap::new();
         for (name, l) in &self.snapshot.listeners {
-            sockets.insert(name.clone(), Socket::bind(name, &l.config.address).await?);
+            let unix = matches!(l.config.address, ListenAddress::Unix { .. });
+            let taken = inherited.take(name, unix).map_err(|e| {
+                SetupError::Inherited(format!(
+                    "the socket named \"{name}\" is not a listening {} socket: {e}",
+                    if unix { "Unix stream" } else { "TCP" }
+                ))
+            })?;
+            let socket = match taken {
+                Some(s) => {
+                    let s = Socket::inherit(name, s)?;
+                    info!(listener = %name, address = %s.describe(), configured = %l.config.address, "using the socket passed by systemd");
+                    (s, true)
+                }
+                None => (Socket::bind(name, &l.config.address).await?, false),
+            };
+            sockets.insert(name.clone(), socket);
         }
+        let left = inherited.left_over();
+        if !left.is_empty() {
+            return Err(SetupError::Inherited(format!(
+                "no [[listener]] is named {}; each FileDescriptorName= must be a listener's name",
+                left.join(", ")
+            )));
+        }
+        let admin = match &self.snapshot.config.admin {
+            Some(a) => Some(
+                TcpListener::bind(a.address)
+                    .await
+                    .map_err(|source| SetupError::Admin { address: a.address, source })?,
+            ),
+            None => None,
+        };
         let (requests, reload_rx) = mpsc::channel(4);
-        let (status, _) = watch::channel(ReloadStatus::first(&sockets));
+        let (status, _) = watch::channel(ReloadStatus::first(&self.snapshot, &self.loaded, &sockets));
         Ok(Bound {
             shared: self.shared,
             snapshot: self.snapshot,
             loaded: self.loaded,
             sockets,
+            admin,
             requests,
             reload_rx,
             status,
@@ -100,11 +159,26 @@ impl Proxy {
 #[derive(Debug)]
 enum Socket {
     Tcp(TcpListener),
-    /// The path is removed when the listener stops.
-    Unix(UnixListener, PathBuf),
+    /// The path is removed when the listener stops, unless the socket was inherited: then
+    /// the service manager owns it.
+    Unix(UnixListener, Option<PathBuf>),
 }
 
 impl Socket {
+    fn inherit(name: &str, s: InheritedSocket) -> Result<Self, SetupError> {
+        let err = |e: io::Error| SetupError::Inherited(format!("listener \"{name}\": {e}"));
+        match s {
+            InheritedSocket::Tcp(l) => {
+                l.set_nonblocking(true).map_err(err)?;
+                TcpListener::from_std(l).map(Socket::Tcp).map_err(err)
+            }
+            InheritedSocket::Unix(l) => {
+                l.set_nonblocking(true).map_err(err)?;
+                UnixListener::from_std(l).map(|l| Socket::Unix(l, None)).map_err(err)
+            }
+        }
+    }
+
     async fn bind(name: &str, address: &ListenAddress) -> Result<Self, SetupError> {
         let err = |source| SetupError::Bind { listener: name.to_owned(), address: address.to_string(), source };
         match address {
@@ -124,7 +198,7 @@ impl Socket {
                     let _ = std::fs::remove_file(&staging);
                     return Err(err(e));
                 }
-                Ok(Socket::Unix(l, path.clone()))
+                Ok(Socket::Unix(l, Some(path.clone())))
             }
         }
     }
@@ -139,14 +213,19 @@ impl Socket {
     fn describe(&self) -> String {
         match self {
             Self::Tcp(l) => l.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
-            Self::Unix(_, p) => format!("unix:{}", p.display()),
+            Self::Unix(_, Some(p)) => format!("unix:{}", p.display()),
+            Self::Unix(l, None) => l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
+                .unwrap_or_else(|| "unix:(inherited)".into()),
         }
     }
 }
 
 impl Drop for Socket {
     fn drop(&mut self) {
-        if let Self::Unix(_, path) = self {
+        if let Self::Unix(_, Some(path)) = self {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -178,16 +257,28 @@ pub struct ReloadStatus {
     pub last: Result<String, String>,
     /// Each listener's name and bound address (`unix:/path` for a Unix socket).
     pub listeners: Vec<(String, String)>,
+    /// The config file.
+    pub file: String,
+    /// SHA-256 (hex) over the config file and every file it names, as the running
+    /// generation was built from them.
+    pub hash: String,
 }
 
 impl ReloadStatus {
-    fn first(sockets: &BTreeMap<String, Socket>) -> Self {
-        Self { generation: 1, attempts: 0, last: Ok("started".into()), listeners: describe(sockets.iter()) }
+    fn first(snapshot: &Snapshot, digest: &[u8; 32], sockets: &BTreeMap<String, (Socket, bool)>) -> Self {
+        Self {
+            generation: 1,
+            attempts: 0,
+            last: Ok("started".into()),
+            listeners: sockets.iter().map(|(n, (s, _))| (n.clone(), s.describe())).collect(),
+            file: snapshot.config.source.display().to_string(),
+            hash: hex(digest),
+        }
     }
 }
 
-fn describe<'a>(sockets: impl Iterator<Item = (&'a String, &'a Socket)>) -> Vec<(String, String)> {
-    sockets.map(|(n, s)| (n.clone(), s.describe())).collect()
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Asks the serving task to reload its config file. Cloneable; SIGHUP and tests use it.
@@ -217,7 +308,8 @@ pub struct Bound {
     shared: Arc<Shared>,
     snapshot: Snapshot,
     loaded: [u8; 32],
-    sockets: BTreeMap<String, Socket>,
+    sockets: BTreeMap<String, (Socket, bool)>,
+    admin: Option<TcpListener>,
     requests: mpsc::Sender<oneshot::Sender<ReloadStatus>>,
     reload_rx: mpsc::Receiver<oneshot::Sender<ReloadStatus>>,
     status: watch::Sender<ReloadStatus>,
@@ -229,7 +321,17 @@ impl Bound {
     /// in config order.
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         let names = self.snapshot.config.listeners.iter().map(|l| &l.name);
-        names.filter_map(|n| self.sockets.get(n).and_then(Socket::local_addr).map(|a| (n.clone(), a))).collect()
+        names.filter_map(|n| self.sockets.get(n).and_then(|(s, _)| s.local_addr()).map(|a| (n.clone(), a))).collect()
+    }
+
+    /// Where the admin API listens, if `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The readiness latch, for parts that add a condition.
+    pub fn readiness(&self) -> Arc<crate::health::Readiness> {
+        self.shared.readiness.clone()
     }
 
     /// Reload also when the config file or a file it names changes.
@@ -268,42 +370,60 @@ impl Bound {
         self.shared.gate(listener)
     }
 
-    /// Serves until `shutdown` is cancelled, then stops accepting and gives open sessions
-    /// `grace` to finish before returning (their tasks are then dropped, closing the sockets).
+    /// Serves until `stop.drain` is cancelled, then drains: readiness fails, new clients get
+    /// ERR 1053 on flexgate's own sockets (an inherited socket stops being accepted from, so
+    /// that its backlog waits for the next process), and open sessions have
+    /// `shutdown.drain_timeout` to finish before the rest are closed. `stop.now` ends the
+    /// drain at once. Returns when serving has stopped; sessions still open are closed when
+    /// their tasks are dropped with the runtime.
     ///
     /// Before the first client, one connection to the server learns the profile that
     /// flexgate's greeting is built from; if the server is down, the first client's session
-    /// learns it instead.
-    pub async fn serve(self, shutdown: CancellationToken, grace: Duration) {
-        let Self { shared, snapshot, loaded, sockets, requests: _, mut reload_rx, status, watch } = self;
-        let tasks = TaskTracker::new();
+    /// learns it instead, and flexgate dials again every `admin.backend_retry` until the
+    /// server answers.
+    pub async fn serve(self, stop: Stop) {
+        let Self { shared, snapshot, loaded, sockets, admin, requests: _, mut reload_rx, status, watch } = self;
+        let sessions = TaskTracker::new();
+        let background = CancellationToken::new();
         let log = tokio::spawn(events::log_events(shared.events.subscribe()));
-        let (backend, profile) = (shared.backend.clone(), shared.profile.clone());
-        tasks.spawn(async move {
-            if let Err(e) = session::probe(&backend, &profile).await {
-                warn!(error = %e, "cannot learn the server profile yet; the first client will wait for the server");
-            }
-        });
+        let counting = tokio::spawn(count_logins(shared.events.subscribe(), shared.metrics.clone()));
+        let listening = shared.readiness.condition("listeners", false, "opening the listeners");
+        let not_draining = shared.readiness.condition("draining", true, "serving");
+        let _config = shared.readiness.condition("config", true, format!("generation {}", snapshot.generation));
+        let retry = snapshot.config.admin.as_ref().map_or(crate::config::DEFAULT_BACKEND_RETRY, |a| a.backend_retry);
+        tokio::spawn(watch_backend(shared.clone(), retry, background.clone()));
+        if let Some(l) = admin {
+            let state = crate::admin::AdminState::new(
+                shared.clone(),
+                status.subscribe(),
+                snapshot.config.admin.as_ref().and_then(|a| a.token_file.clone()),
+            );
+            tokio::spawn(crate::admin::serve(l, state, background.clone()));
+        }
+        shared.metrics.set_certificates(snapshot.certificates.clone());
+        let drain_timeout = snapshot.config.shutdown.drain_timeout;
         let watched = snapshot.config.referenced_files();
         let last_seen = Some(loaded);
         let mut server = Serving {
             shared,
             snapshot,
             live: BTreeMap::new(),
-            tasks: tasks.clone(),
-            shutdown: shutdown.clone(),
+            sessions: sessions.clone(),
+            accepting: CancellationToken::new(),
             watched,
             last_seen,
             attempted: Vec::new(),
         };
         server.start_refreshers();
         wait_resolved(server.snapshot.hosts()).await;
-        for (name, socket) in sockets {
+        for (name, (socket, inherited)) in sockets {
             if let Some(plan) = server.snapshot.listeners.get(&name) {
                 let ctx = plan.context.clone();
-                server.spawn_listener(name, socket, plan.config.address.clone(), ctx);
+                server.spawn_listener(name, socket, inherited, plan.config.address.clone(), ctx);
             }
         }
+        listening.set(true, format!("{} listening", server.live.len()));
+        systemd::ready(&serving_line(&server));
         let (changed_tx, mut changed_rx) = mpsc::channel(1);
         let mut watcher = if watch {
             match FileWatcher::new(changed_tx.clone()) {
@@ -326,36 +446,132 @@ impl Bound {
             drop(changed_tx);
             None
         };
+        let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
         let mut attempts = 0u64;
         loop {
+            let tick = async {
+                match &mut watchdog {
+                    Some(i) => {
+                        i.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let (reply, forced) = tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = stop.drain.cancelled() => break,
+                () = stop.now.cancelled() => break,
+                () = tick => {
+                    systemd::watchdog();
+                    continue;
+                }
                 Some(reply) = reload_rx.recv() => (Some(reply), true),
                 Some(()) = changed_rx.recv() => (None, false),
             };
+            if forced {
+                systemd::reloading();
+            }
             // `None`: the watcher saw a change to nothing flexgate reads.
             let Some(last) = server.reload(forced).await else { continue };
             attempts += 1;
+            server.shared.metrics.reloaded(last.is_ok(), server.snapshot.generation);
+            if last.is_ok() {
+                server.shared.metrics.set_certificates(server.snapshot.certificates.clone());
+            }
             if let Some(w) = &mut watcher {
                 w.watch(&server.watched);
             }
-            let st = ReloadStatus {
-                generation: server.snapshot.generation,
-                attempts,
-                last,
-                listeners: server.live.iter().map(|(n, l)| (n.clone(), l.described.clone())).collect(),
-            };
+            let mut st = status.borrow().clone();
+            st.generation = server.snapshot.generation;
+            st.attempts = attempts;
+            st.listeners = server.live.iter().map(|(n, l)| (n.clone(), l.described.clone())).collect();
+            if last.is_ok() {
+                st.hash = hex(&server.last_seen.unwrap_or_default());
+            }
+            st.last = last;
             status.send_replace(st.clone());
+            systemd::ready(&serving_line(&server));
             if let Some(reply) = reply {
                 let _ = reply.send(st);
             }
         }
         drop(watcher);
-        tasks.close();
-        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-            warn!(grace = ?grace, open = server.shared.metrics.active(), "sessions still open after the grace period; closing them");
+        // Draining: the latch fails first, so that an orchestrator stops routing before the
+        // refusals begin.
+        not_draining.set(false, "draining before shutdown");
+        server.shared.metrics.set_draining();
+        server.shared.draining.cancel();
+        let open = server.shared.metrics.active();
+        systemd::stopping(&format!("draining {open} session(s) for up to {drain_timeout:?}"));
+        info!(sessions = open, drain_timeout = ?drain_timeout, "draining: new clients are refused; open sessions may finish");
+        for l in server.live.values().filter(|l| l.inherited) {
+            // Leave new connections in the inherited socket's backlog for the next process.
+            l.stop.cancel();
         }
+        sessions.close();
+        tokio::select! {
+            () = sessions.wait() => info!("drained: every session has ended"),
+            () = tokio::time::sleep(drain_timeout) => warn!(
+                drain_timeout = ?drain_timeout,
+                open = server.shared.metrics.active(),
+                "sessions still open after the drain timeout; closing them"
+            ),
+            () = stop.now.cancelled() => warn!(
+                open = server.shared.metrics.active(),
+                "second stop signal: closing open sessions now"
+            ),
+        }
+        server.accepting.cancel();
+        background.cancel();
         log.abort();
+        counting.abort();
+    }
+}
+
+/// The `STATUS=` line for systemd.
+fn serving_line(server: &Serving) -> String {
+    format!("serving {} listener(s), config generation {}", server.live.len(), server.snapshot.generation)
+}
+
+/// Counts login events into the metrics: the sessions publish them anyway, so the count costs
+/// their path nothing.
+async fn count_logins(mut rx: tokio::sync::broadcast::Receiver<Arc<events::LoginEvent>>, metrics: Arc<Metrics>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match rx.recv().await {
+            Ok(e) => metrics.login(
+                &e.listener,
+                e.kind.as_str(),
+                crate::metrics::plugin_label(e.plugin.as_deref()),
+                e.outcome.as_str(),
+            ),
+            Err(RecvError::Lagged(n)) => metrics.login_events_lost(n),
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Learns the server profile at startup, then, while the latest dial failed, dials again
+/// every `retry` so that readiness returns when the server does. A healthy server is never
+/// dialled for this (see [`crate::health::BackendHealth`]).
+async fn watch_backend(shared: Arc<Shared>, retry: Duration, stop: CancellationToken) {
+    let mut first = true;
+    loop {
+        if first || !shared.dials.is_reachable() {
+            if let Err(e) = session::probe(&shared.backend, &shared.profile, &shared.dials).await {
+                if first {
+                    warn!(error = %e, "cannot reach the server yet; the first client will wait for it");
+                } else {
+                    debug!(error = %e, "server still unreachable");
+                }
+            } else if !first {
+                info!(backend = shared.backend.label(), "server reachable again");
+            }
+            first = false;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(retry) => {}
+            () = stop.cancelled() => return,
+        }
     }
 }
 
@@ -378,6 +594,9 @@ struct Live {
     address: ListenAddress,
     described: String,
     stop: CancellationToken,
+    /// Passed by systemd: during the drain it stops being accepted from, rather than
+    /// refusing, so that its backlog goes to the next process.
+    inherited: bool,
 }
 
 /// The serving task's state.
@@ -385,8 +604,10 @@ struct Serving {
     shared: Arc<Shared>,
     snapshot: Snapshot,
     live: BTreeMap<String, Live>,
-    tasks: TaskTracker,
-    shutdown: CancellationToken,
+    /// The sessions, which the drain waits for.
+    sessions: TaskTracker,
+    /// Cancelled when serving ends: every accept loop stops.
+    accepting: CancellationToken,
     /// The files whose change may mean a reload: the running config's and the last
     /// attempted one's.
     watched: Vec<PathBuf>,
@@ -404,12 +625,19 @@ impl Serving {
         }
     }
 
-    fn spawn_listener(&mut self, name: String, socket: Socket, address: ListenAddress, ctx: Arc<ListenerContext>) {
+    fn spawn_listener(
+        &mut self,
+        name: String,
+        socket: Socket,
+        inherited: bool,
+        address: ListenAddress,
+        ctx: Arc<ListenerContext>,
+    ) {
         let context = Arc::new(ArcSwap::new(ctx));
-        let stop = self.shutdown.child_token();
+        let stop = self.accepting.child_token();
         let described = socket.describe();
-        self.tasks.spawn(accept_loop(socket, context.clone(), stop.clone(), self.tasks.clone()));
-        self.live.insert(name, Live { context, address, described, stop });
+        tokio::spawn(accept_loop(socket, context.clone(), stop.clone(), self.sessions.clone()));
+        self.live.insert(name, Live { context, address, described, stop, inherited });
     }
 
     /// Loads the config file again and, if it is valid and every new socket binds, swaps it in.
@@ -489,7 +717,7 @@ impl Serving {
         }
         tokio::select! {
             () = wait_resolved(next.hosts()) => {}
-            () = self.shutdown.cancelled() => return Err("shutting down".into()),
+            () = self.shared.draining.cancelled() => return Err("shutting down".into()),
         }
         let mut changes = describe_changes(&self.snapshot, &next);
         for (name, plan) in &next.listeners {
@@ -524,7 +752,7 @@ impl Serving {
         for (name, socket) in new_sockets {
             if let Some(plan) = next.listeners.get(&name) {
                 let (address, ctx) = (plan.config.address.clone(), plan.context.clone());
-                self.spawn_listener(name, socket, address, ctx);
+                self.spawn_listener(name, socket, false, address, ctx);
             }
         }
         if !restart.is_empty() {

@@ -54,11 +54,22 @@ fn versions(min: TlsVersion) -> &'static [&'static rustls::SupportedProtocolVers
     }
 }
 
+/// A listener's TLS: the rustls config, and when its certificate expires (for the metrics and
+/// `/status`; `None` if the certificate's validity could not be read).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// rustls server configuration.
+    pub config: Arc<rustls::ServerConfig>,
+    /// The leaf certificate's `notAfter`.
+    pub not_after: Option<std::time::SystemTime>,
+}
+
 /// The client-facing server config, or `None` when no certificate is configured (then flexgate
 /// does not advertise `CLIENT_SSL`).
-pub fn server_config(cfg: &ClientTlsConfig) -> Result<Option<Arc<rustls::ServerConfig>>, TlsSetupError> {
+pub fn server_config(cfg: &ClientTlsConfig) -> Result<Option<ServerTls>, TlsSetupError> {
     let Some(identity) = &cfg.identity else { return Ok(None) };
     let chain = load_certs("tls.cert", &identity.cert)?;
+    let not_after = chain.first().and_then(|c| not_after(c));
     let key = PrivateKeyDer::from_pem_file(&identity.key).map_err(|e| TlsSetupError::Pem {
         key: "tls.key",
         path: identity.key.clone(),
@@ -70,7 +81,20 @@ pub fn server_config(cfg: &ClientTlsConfig) -> Result<Option<Arc<rustls::ServerC
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|source| TlsSetupError::Rustls { key: "tls.key", source })?;
-    Ok(Some(Arc::new(config)))
+    Ok(Some(ServerTls { config: Arc::new(config), not_after }))
+}
+
+/// A certificate's `notAfter`. rustls does not check a server's own certificate, so this is
+/// the only place its validity is read.
+fn not_after(cert: &CertificateDer<'_>) -> Option<std::time::SystemTime> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let secs = parsed.validity().not_after.timestamp();
+    let d = std::time::Duration::from_secs(secs.unsigned_abs());
+    if secs >= 0 {
+        std::time::SystemTime::UNIX_EPOCH.checked_add(d)
+    } else {
+        std::time::SystemTime::UNIX_EPOCH.checked_sub(d)
+    }
 }
 
 /// What the backend connector needs: a client config and the name to verify (or just to send

@@ -68,7 +68,9 @@ fn context(require_tls: bool, proxied: bool) -> Arc<ListenerContext> {
         profile,
         registry: Arc::default(),
         events: flexgate::events::LoginEvents::default(),
-        metrics: Arc::default(),
+        metrics: Default::default(),
+        dials: Arc::default(),
+        draining: Default::default(),
     })
 }
 

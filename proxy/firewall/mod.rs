@@ -45,6 +45,8 @@ pub struct ListenerGate {
     /// Clients refused for a PROXY header (missing from a trusted peer, bad, or from a peer
     /// that is not trusted).
     pub refused_proxy: AtomicU64,
+    /// Clients refused while flexgate drained before stopping.
+    pub refused_draining: AtomicU64,
     log: RefusalLog,
 }
 
@@ -57,6 +59,8 @@ pub enum GateRefusal {
     Limit,
     /// A PROXY header: missing or bad from a trusted peer, or sent by an untrusted one.
     ProxyHeader,
+    /// flexgate is draining before it stops.
+    Draining,
 }
 
 impl ListenerGate {
@@ -66,6 +70,7 @@ impl ListenerGate {
             GateRefusal::Firewall => &self.refused_firewall,
             GateRefusal::Limit => &self.refused_limit,
             GateRefusal::ProxyHeader => &self.refused_proxy,
+            GateRefusal::Draining => &self.refused_draining,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -81,6 +86,7 @@ impl ListenerGate {
         self.refused_firewall.load(Ordering::Relaxed)
             + self.refused_limit.load(Ordering::Relaxed)
             + self.refused_proxy.load(Ordering::Relaxed)
+            + self.refused_draining.load(Ordering::Relaxed)
     }
 }
 

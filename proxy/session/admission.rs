@@ -29,6 +29,8 @@ pub struct Policy<'a> {
     pub greeting: GreetingMode,
     /// The listener's allow and deny lists.
     pub firewall: &'a Rules,
+    /// flexgate is shutting down: it takes no new sessions.
+    pub draining: bool,
 }
 
 /// The client as flexgate knows it when deciding.
@@ -109,6 +111,8 @@ pub enum Denial {
     /// A PROXY protocol header from a peer that is not in `proxy_protocol.trusted` (ERR 1130:
     /// the header claims an address the peer may not vouch for).
     UntrustedProxyHeader(IpAddr),
+    /// flexgate is draining before it stops (ERR 1053, as MySQL during shutdown).
+    ShuttingDown,
 }
 
 impl Denial {
@@ -121,6 +125,7 @@ impl Denial {
             Self::HostNotAllowed(_) => "host_not_allowed",
             Self::TooManyConnections(hit) => hit.key(),
             Self::UntrustedProxyHeader(_) => "untrusted_proxy_header",
+            Self::ShuttingDown => "shutting_down",
         }
     }
 }
@@ -129,13 +134,18 @@ impl Denial {
 pub fn decide(policy: &Policy<'_>, request: &Request<'_>) -> Decision {
     match request {
         // A Unix socket's permissions are its access control; IP rules do not apply.
-        Request::Connect(Peer { addr: ClientAddr::Unix, .. }) => Decision::Greet,
-        Request::Connect(Peer { addr: ClientAddr::Tcp(a), .. }) => match policy.firewall.check(a.ip()) {
-            Verdict::Allow => Decision::Greet,
-            Verdict::Denied | Verdict::NotAllowed => {
-                Decision::Refuse(Denial::HostNotAllowed(crate::firewall::canonical(a.ip())))
+        Request::Connect(peer) => {
+            if let ClientAddr::Tcp(a) = peer.addr
+                && matches!(policy.firewall.check(a.ip()), Verdict::Denied | Verdict::NotAllowed)
+            {
+                return Decision::Refuse(Denial::HostNotAllowed(crate::firewall::canonical(a.ip())));
             }
-        },
+            // After the firewall: a host that may not connect learns nothing else.
+            if policy.draining {
+                return Decision::Refuse(Denial::ShuttingDown);
+            }
+            Decision::Greet
+        }
         Request::Login(peer, claim) => {
             if policy.require_secure_transport && !peer.secure_transport() {
                 return Decision::Refuse(Denial::InsecureTransport);
@@ -181,7 +191,7 @@ mod tests {
     }
 
     fn policy(rules: &Rules, require_secure_transport: bool, greeting: GreetingMode) -> Policy<'_> {
-        Policy { require_secure_transport, greeting, firewall: rules }
+        Policy { require_secure_transport, greeting, firewall: rules, draining: false }
     }
 
     fn login(caps: Capabilities) -> Claim<'static> {
@@ -204,6 +214,21 @@ mod tests {
         // IP rules do not apply to a Unix socket.
         let unix = Peer { addr: ClientAddr::Unix, ..peer(false) };
         assert_eq!(decide(&p, &Request::Connect(unix)), Decision::Greet);
+    }
+
+    #[test]
+    fn draining_refuses_new_clients_after_the_firewall() {
+        let rules = open();
+        let p = Policy { draining: true, ..policy(&rules, true, GreetingMode::Flexgate) };
+        assert_eq!(decide(&p, &Request::Connect(peer(false))), Decision::Refuse(Denial::ShuttingDown));
+        let unix = Peer { addr: ClientAddr::Unix, ..peer(false) };
+        assert_eq!(decide(&p, &Request::Connect(unix)), Decision::Refuse(Denial::ShuttingDown));
+        let closed = Rules::default();
+        let p = Policy { draining: true, ..policy(&closed, true, GreetingMode::Flexgate) };
+        assert_eq!(
+            decide(&p, &Request::Connect(peer(false))),
+            Decision::Refuse(Denial::HostNotAllowed(IpAddr::from([192, 0, 2, 1])))
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::{Blame, ListenerContext, Origin, SessionError, policy};
 use crate::backend::{Backend, BackendError, BackendStream};
 use crate::events::{ClientAddr, LoginEvent, LoginKind, LoginOutcome, Transport, loggable};
 use crate::firewall::Permit;
+use crate::health::BackendWatch;
 use crate::metrics::Outcome;
 use crate::profile::ProfileCell;
 use crate::protocol::{
@@ -260,6 +261,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
                 if let Some(p) = &mut self.permit {
                     p.logged_in();
                 }
+                self.ctx.metrics.logged_in(started.elapsed());
                 self.publish(LoginKind::Connect, LoginOutcome::Ok, started.elapsed());
                 self.relay(backend).await
             }
@@ -273,8 +275,9 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
             }
             Err(e) => {
                 // Counted before the ERR goes out, so that whoever reads the ERR sees the count.
-                if let Some((kind, _)) = e.refused_at_connect() {
+                if let Some((kind, reason)) = e.refused_at_connect() {
                     self.ctx.gate.count(kind);
+                    self.ctx.metrics.refused(reason);
                     self.log.at_connect = true;
                 }
                 let code = self.refuse(&e).await;
@@ -370,8 +373,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
             (GreetingMode::Flexgate, Some(_)) => None,
             // Server-greeting mode, or no profile yet (the server was down at startup): the
             // server must greet first.
-            _ => match dial(&self.ctx.backend, &self.ctx.profile, &mut self.buf, proxied(self.peer, self.local)).await?
-            {
+            _ => match self.dial().await? {
                 Dialled::Live(live) => Some(live),
                 Dialled::Refused { code } => {
                     self.relay_to_client().await?;
@@ -409,6 +411,12 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
                 Ok(Phase::Greeted(Greeted { promised: profile.capabilities, backend: early }))
             }
         }
+    }
+
+    /// Dials the server for this session, reporting to readiness and the dial metrics.
+    async fn dial(&mut self) -> Result<Dialled, SessionError> {
+        let ctx = self.ctx.clone();
+        watched_dial(&ctx.backend, &ctx.profile, &ctx.dials, &mut self.buf, proxied(self.peer, self.local)).await
     }
 
     async fn write_greeting(&mut self, payload: &[u8]) -> Result<(), SessionError> {
@@ -457,6 +465,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         })?;
         let client = ClientStream::Tls(Box::new(tls));
         (self.log.tls_version, self.log.cipher) = client.tls_info();
+        self.ctx.metrics.tls(self.log.tls_version.unwrap_or("unknown"), self.log.cipher.unwrap_or("unknown"));
         self.client = Some(client);
         Ok(())
     }
@@ -480,15 +489,13 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
     async fn connect(&mut self, a: Identified) -> Result<Phase, SessionError> {
         let live = match a.backend {
             Some(live) => live,
-            None => {
-                match dial(&self.ctx.backend, &self.ctx.profile, &mut self.buf, proxied(self.peer, self.local)).await? {
-                    Dialled::Live(live) => live,
-                    Dialled::Refused { code } => {
-                        self.relay_server_err().await?;
-                        return Ok(Phase::Ended(Ended::BackendRefused { code }));
-                    }
+            None => match self.dial().await? {
+                Dialled::Live(live) => live,
+                Dialled::Refused { code } => {
+                    self.relay_server_err().await?;
+                    return Ok(Phase::Ended(Ended::BackendRefused { code }));
                 }
-            }
+            },
         };
         let backend_tls = self.ctx.backend.uses_tls();
         let first = match a.raw {
@@ -631,7 +638,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
     async fn relay(&mut self, mut backend: BackendStream) -> (Outcome, Option<u16>) {
         let registry = self.ctx.registry.clone();
         let lookup = move |id: u32| registry.server_id(id);
-        let mut relay = Relay::new(MAX_PRE_AUTH_PAYLOAD);
+        let mut relay = Relay::new(MAX_PRE_AUTH_PAYLOAD, self.ctx.metrics.byte_counters());
         let result = loop {
             let Some(mut client) = self.client.take() else { break (Outcome::ClientClosed, None) };
             let end = relay.run(&mut client, &mut backend, &lookup).await;
@@ -992,11 +999,30 @@ async fn dial(
     }))
 }
 
+/// [`dial`], timed and reported: a greeting (or the server's own ERR, which is an answer)
+/// means the server is reachable.
+async fn watched_dial(
+    backend: &Backend,
+    profile: &ProfileCell,
+    watch: &BackendWatch,
+    buf: &mut Vec<u8>,
+    client: Option<(SocketAddr, SocketAddr)>,
+) -> Result<Dialled, SessionError> {
+    let started = Instant::now();
+    let result = dial(backend, profile, buf, client).await;
+    match &result {
+        Ok(_) => watch.reached(started.elapsed()),
+        Err(e) => watch.failed(&e.to_string()),
+    }
+    result
+}
+
 /// Learns the server profile from one connection, then closes it. The server counts it as
-/// an aborted handshake from flexgate's address; this runs once at startup.
-pub async fn probe(backend: &Backend, profile: &ProfileCell) -> Result<(), SessionError> {
+/// an aborted handshake from flexgate's address: this runs at startup, and again only while
+/// the server is unreachable.
+pub async fn probe(backend: &Backend, profile: &ProfileCell, watch: &BackendWatch) -> Result<(), SessionError> {
     let mut buf = Vec::new();
-    match dial(backend, profile, &mut buf, None).await? {
+    match watched_dial(backend, profile, watch, &mut buf, None).await? {
         Dialled::Live(_) => Ok(()),
         Dialled::Refused { code } => {
             debug!(code, "server refused the profile probe");

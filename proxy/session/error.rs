@@ -238,6 +238,13 @@ impl SessionError {
                      proxy_protocol.trusted, or the client must connect without the header"
                 ),
             ),
+            Self::Denied(Denial::ShuttingDown) => r(
+                codes::SERVER_SHUTDOWN,
+                codes::STATE_COMM,
+                "flexgate is shutting down and takes no new connections; connect again (a restarted or other \
+                 instance will answer)"
+                    .into(),
+            ),
             Self::Denied(Denial::TooManyConnections(hit)) => r(
                 codes::CON_COUNT_ERROR,
                 codes::STATE_AUTH_MODE,
@@ -291,6 +298,7 @@ impl SessionError {
             Self::Denied(Denial::HostNotAllowed(_)) => Outcome::HostNotAllowed,
             Self::Denied(Denial::TooManyConnections(_)) => Outcome::TooManyConnections,
             Self::Denied(Denial::UntrustedProxyHeader(_)) | Self::ProxyHeader(_) => Outcome::ProxyHeaderRefused,
+            Self::Denied(Denial::ShuttingDown) => Outcome::ShuttingDown,
             Self::ServerChanged { .. } => Outcome::ServerChanged,
             Self::AuthRefused(_) => Outcome::AuthRefused,
             Self::Timeout(_) => Outcome::HandshakeTimeout,
@@ -306,6 +314,7 @@ impl SessionError {
             Self::Denied(d @ Denial::HostNotAllowed(_)) => Some((GateRefusal::Firewall, d.as_str())),
             Self::Denied(d @ Denial::TooManyConnections(_)) => Some((GateRefusal::Limit, d.as_str())),
             Self::Denied(d @ Denial::UntrustedProxyHeader(_)) => Some((GateRefusal::ProxyHeader, d.as_str())),
+            Self::Denied(d @ Denial::ShuttingDown) => Some((GateRefusal::Draining, d.as_str())),
             Self::ProxyHeader(_) => Some((GateRefusal::ProxyHeader, "bad_proxy_header")),
             _ => None,
         }

@@ -50,7 +50,8 @@ use crate::backend::Backend;
 use crate::config::{ConnectionLimits, TlsVersion};
 use crate::events::{ClientAddr, LoginEvents};
 use crate::firewall::{IpSet, ListenerGate, Rules};
-use crate::metrics::Metrics;
+use crate::health::BackendWatch;
+use crate::metrics::ListenerMetrics;
 use crate::profile::ProfileCell;
 use crate::registry::SessionRegistry;
 
@@ -88,8 +89,12 @@ pub struct ListenerContext {
     pub registry: Arc<SessionRegistry>,
     /// Where login events go.
     pub events: LoginEvents,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
+    /// The listener's counters.
+    pub metrics: ListenerMetrics,
+    /// Where every dial of the server reports (readiness, dial metrics).
+    pub dials: Arc<BackendWatch>,
+    /// Cancelled when flexgate starts to drain: new clients are then refused.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 impl ListenerContext {
@@ -99,6 +104,7 @@ impl ListenerContext {
             require_secure_transport: self.require_secure_transport,
             greeting: self.greeting,
             firewall: &self.firewall,
+            draining: self.draining.is_cancelled(),
         }
     }
 }

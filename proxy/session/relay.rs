@@ -14,6 +14,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::scan::{Scanner, Step};
@@ -78,11 +79,13 @@ pub(crate) struct Relay {
 }
 
 impl Relay {
-    /// `max_change_user` bounds the one command the relay buffers whole.
-    pub(crate) fn new(max_change_user: usize) -> Self {
+    /// `max_change_user` bounds the one command the relay buffers whole; `counters` are the
+    /// byte counters from the client and to it.
+    pub(crate) fn new(max_change_user: usize, counters: (Counter, Counter)) -> Self {
+        let (from_client, to_client) = counters;
         Self {
-            up: Direction::new(Scanner::new(max_change_user), Side::Client),
-            down: Direction::new(Unparsed, Side::Server),
+            up: Direction::new(Scanner::new(max_change_user), Side::Client, from_client),
+            down: Direction::new(Unparsed, Side::Server, to_client),
             closed_by: None,
         }
     }
@@ -233,10 +236,13 @@ struct Direction<F> {
     done: bool,
     need_flush: bool,
     bytes: u64,
+    /// The listener's byte counter for this direction: one relaxed add per write, so that
+    /// the metric moves while a long session runs.
+    counter: Counter,
 }
 
 impl<F: Filter> Direction<F> {
-    fn new(filter: F, from: Side) -> Self {
+    fn new(filter: F, from: Side, counter: Counter) -> Self {
         Self {
             filter,
             from,
@@ -247,6 +253,7 @@ impl<F: Filter> Direction<F> {
             done: false,
             need_flush: false,
             bytes: 0,
+            counter,
         }
     }
 
@@ -360,6 +367,7 @@ impl<F: Filter> Direction<F> {
             let n = n.map_err(|e| RelayError { side: self.from.other(), source: e })?;
             *pos += n;
             self.bytes += n as u64;
+            self.counter.inc_by(n as u64);
             self.need_flush = true;
         }
         self.out = None;
@@ -451,6 +459,7 @@ impl<F: Filter> Direction<F> {
                 Poll::Ready(Ok(n)) => {
                     off += n;
                     self.bytes += n as u64;
+                    self.counter.inc_by(n as u64);
                     self.need_flush = true;
                 }
                 Poll::Ready(Err(e)) => return Err(self.write_err(e)),
@@ -504,7 +513,7 @@ mod tests {
         let (client_far, mut client_near) = duplex(1000);
         let (mut server_near, server_far) = duplex(777);
         let relay = tokio::spawn(async move {
-            let mut r = Relay::new(1 << 16);
+            let mut r = Relay::new(1 << 16, Default::default());
             let end = r.run(&mut client_near, &mut server_near, &no_lookup).await;
             (r.moved(), end)
         });
@@ -544,7 +553,7 @@ mod tests {
             let mut got = vec![0u8; want.len()];
             server_far.read_exact(&mut got).await.map(|_| got == want)
         });
-        let mut r = Relay::new(1 << 16);
+        let mut r = Relay::new(1 << 16, Default::default());
         let end = r.run(&mut client_near, &mut server_near, &lookup).await;
         assert!(matches!(&end, RelayEnd::ChangeUser(p) if p == &[com::CHANGE_USER, b'u', 0, 0, 0]), "{end:?}");
         assert!(reader.await.ok().and_then(Result::ok) == Some(true), "server saw other bytes");
@@ -564,7 +573,7 @@ mod tests {
             client_far.flush().await?;
             Ok::<_, io::Error>(client_far)
         });
-        let mut r = Relay::new(1 << 16);
+        let mut r = Relay::new(1 << 16, Default::default());
         let end = r.run(&mut client_near, &mut server_near, &no_lookup).await;
         assert!(matches!(&end, RelayEnd::ChangeUser(p) if p == &[com::CHANGE_USER, b'u', 0, 0, 0]), "{end:?}");
         let mut got = [0u8; 13];

@@ -103,7 +103,9 @@ fn listener(l: Listener, backend: SocketAddr) -> Arc<ListenerContext> {
         profile,
         registry: Arc::default(),
         events: crate::events::LoginEvents::default(),
-        metrics: Arc::default(),
+        metrics: Default::default(),
+        dials: Arc::default(),
+        draining: Default::default(),
     })
 }
 

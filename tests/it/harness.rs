@@ -19,7 +19,6 @@ use flexgate::metrics::Metrics;
 use flexgate::profile::ProfileCell;
 use flexgate::registry::SessionRegistry;
 use flexgate::server::Proxy;
-use tokio_util::sync::CancellationToken;
 
 pub const PASSWORD: &str = "S3cret-pw";
 
@@ -384,10 +383,11 @@ impl ProxyConfig {
         let profile = bound.profile();
         let registry = bound.registry();
         let gate = bound.gate("test");
+        let admin = bound.admin_addr();
         let bound = bound.watch_files();
         let reloader = bound.reloader();
-        let shutdown = CancellationToken::new();
-        tokio::spawn(bound.serve(shutdown.clone(), Duration::from_secs(1)));
+        let stop = flexgate::server::Stop::default();
+        tokio::spawn(bound.serve(stop.clone()));
         RunningProxy {
             addr,
             addrs,
@@ -398,7 +398,8 @@ impl ProxyConfig {
             gate,
             reloader,
             config: path,
-            shutdown,
+            admin,
+            stop,
         }
     }
 }
@@ -418,7 +419,10 @@ pub struct RunningProxy {
     pub reloader: flexgate::server::Reloader,
     /// The config file it runs from (and reloads).
     pub config: PathBuf,
-    shutdown: CancellationToken,
+    /// The admin API, if the config has `[admin]`.
+    pub admin: Option<SocketAddr>,
+    /// Drains (`drain`) or stops (`now`) the proxy; both happen when this handle drops.
+    pub stop: flexgate::server::Stop,
 }
 
 impl RunningProxy {
@@ -482,7 +486,8 @@ impl RunningProxy {
 
 impl Drop for RunningProxy {
     fn drop(&mut self) {
-        self.shutdown.cancel();
+        self.stop.now.cancel();
+        self.stop.drain.cancel();
     }
 }
 

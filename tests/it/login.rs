@@ -68,15 +68,16 @@ async fn several_listeners_serve_at_once() {
         .unwrap_or_else(|e| panic!("{e}"));
     let addrs = bound.local_addrs();
     assert_eq!(addrs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["test", "private"]);
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(bound.serve(stop.clone(), std::time::Duration::from_secs(1)));
+    let stop = flexgate::server::Stop::default();
+    tokio::spawn(bound.serve(stop.clone()));
     for (name, addr) in &addrs {
         let mut c = cli(addr.port(), &user, PASSWORD, &db.certs);
         c.args(["-e", "SELECT 1"]);
         let o = run(c).await;
         assert_eq!(stdout(&o), "1", "listener {name}: {}", stderr(&o));
     }
-    stop.cancel();
+    stop.now.cancel();
+    stop.drain.cancel();
 }
 
 /// The server's failed-login accounting sees exactly what the client did: one failure for a

@@ -6,6 +6,7 @@ mod backend;
 mod bounds;
 mod change_user;
 mod cli;
+mod compat;
 mod data;
 mod dns;
 mod firewall;

@@ -8,6 +8,8 @@ use crate::{WireError, write_header};
 pub mod codes {
     /// `ER_CON_COUNT_ERROR`: too many connections.
     pub const CON_COUNT_ERROR: u16 = 1040;
+    /// `ER_SERVER_SHUTDOWN`: the server is shutting down.
+    pub const SERVER_SHUTDOWN: u16 = 1053;
     /// `ER_HOST_NOT_PRIVILEGED`: this host may not connect.
     pub const HOST_NOT_PRIVILEGED: u16 = 1130;
     /// `ER_HANDSHAKE_ERROR`: the handshake packet could not be understood.

@@ -1,0 +1,206 @@
+//! `check-config --print`: the effective config, every default filled in, as TOML.
+//!
+//! Secrets never appear: the config names them by file, and only the path is printed. Any
+//! value under a key that names a secret (`password`, `secret`, `token`, `key` material given
+//! inline by a later section) is replaced by `"<redacted>"` as a last guard, whatever section
+//! it is in.
+
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use super::{
+    BackendAddress, BackendTlsMode, ClientTlsConfig, Config, GreetingMode, ListenAddress, ListenerConfig, SourceRule,
+};
+
+/// Keys whose values are redacted if they are ever given inline.
+const SECRET_KEYS: [&str; 5] = ["password", "secret", "token", "client_secret", "bearer_token"];
+
+fn dur(d: Duration) -> Value {
+    let ms = d.as_millis();
+    Value::String(if ms.is_multiple_of(3_600_000) {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    })
+}
+
+fn s(v: impl ToString) -> Value {
+    Value::String(v.to_string())
+}
+
+fn path(p: &std::path::Path) -> Value {
+    s(p.display())
+}
+
+fn rules(r: &[SourceRule]) -> Value {
+    Value::Array(r.iter().map(s).collect())
+}
+
+fn tls(t: &ClientTlsConfig) -> Table {
+    let mut out = Table::new();
+    if let Some(id) = &t.identity {
+        out.insert("cert".into(), path(&id.cert));
+        out.insert("key".into(), path(&id.key));
+    }
+    out.insert("min_version".into(), s(t.min_version));
+    out.insert("require_secure_transport".into(), Value::Boolean(t.require_secure_transport));
+    out
+}
+
+fn listener(l: &ListenerConfig) -> Table {
+    let mut out = Table::new();
+    out.insert("name".into(), s(&l.name));
+    match &l.address {
+        ListenAddress::Tcp(a) => {
+            out.insert("address".into(), s(a));
+        }
+        ListenAddress::Unix { path: p, mode } => {
+            out.insert("address".into(), s(format!("unix:{}", p.display())));
+            out.insert("socket_mode".into(), s(format!("{mode:04o}")));
+        }
+    }
+    out.insert("handshake_timeout".into(), dur(l.handshake_timeout));
+    let greeting = match l.greeting {
+        GreetingMode::Flexgate => "flexgate",
+        GreetingMode::Server => "server",
+    };
+    out.insert("greeting".into(), s(greeting));
+    out.insert("allow".into(), rules(&l.allow));
+    out.insert("deny".into(), rules(&l.deny));
+    let lim = &l.limits;
+    out.insert("max_connections".into(), Value::Integer(i64::from(lim.max_connections)));
+    if let Some(n) = lim.max_connections_per_ip {
+        out.insert("max_connections_per_ip".into(), Value::Integer(i64::from(n)));
+    }
+    out.insert("max_preauth_per_ip".into(), Value::Integer(i64::from(lim.max_preauth_per_ip)));
+    if let Some(r) = &lim.connect_rate_per_ip {
+        out.insert("connect_rate_per_ip".into(), s(r));
+    }
+    if let Some(p) = &l.proxy_protocol {
+        let mut pp = Table::new();
+        pp.insert("trusted".into(), Value::Array(p.trusted.iter().map(s).collect()));
+        out.insert("proxy_protocol".into(), Value::Table(pp));
+    }
+    out.insert("tls".into(), Value::Table(tls(&l.tls)));
+    out
+}
+
+/// The effective config as a TOML table.
+pub(super) fn effective(cfg: &Config) -> Table {
+    let mut root = Table::new();
+    let mut backend = Table::new();
+    let b = &cfg.backend;
+    backend.insert(
+        "address".into(),
+        match &b.address {
+            BackendAddress::Unix(p) => s(format!("unix:{}", p.display())),
+            a @ BackendAddress::Tcp { .. } => s(a),
+        },
+    );
+    backend.insert("connect_timeout".into(), dur(b.connect_timeout));
+    if let Some(v) = b.proxy_protocol {
+        backend.insert("proxy_protocol".into(), s(format!("{v:?}").to_lowercase()));
+    }
+    let mut btls = Table::new();
+    let mode = match b.tls.mode {
+        BackendTlsMode::Disabled => "disabled",
+        BackendTlsMode::Required => "required",
+        BackendTlsMode::VerifyCa => "verify-ca",
+        BackendTlsMode::VerifyIdentity => "verify-identity",
+    };
+    btls.insert("mode".into(), s(mode));
+    if let Some(ca) = &b.tls.ca {
+        btls.insert("ca".into(), path(ca));
+    }
+    if let Some(n) = &b.tls.server_name {
+        btls.insert("server_name".into(), s(n));
+    }
+    backend.insert("tls".into(), Value::Table(btls));
+    root.insert("backend".into(), Value::Table(backend));
+    root.insert("tls".into(), Value::Table(tls(&cfg.tls)));
+    root.insert("listener".into(), Value::Array(cfg.listeners.iter().map(|l| Value::Table(listener(l))).collect()));
+    let mut sets = Table::new();
+    for (name, set) in &cfg.ipsets {
+        let mut t = Table::new();
+        t.insert("file".into(), path(&set.file));
+        t.insert("format".into(), s(format!("{:?}", set.format)));
+        if !set.tags.is_empty() {
+            t.insert("tags".into(), Value::Array(set.tags.iter().map(s).collect()));
+        }
+        sets.insert(name.clone(), Value::Table(t));
+    }
+    if !sets.is_empty() {
+        root.insert("ipsets".into(), Value::Table(sets));
+    }
+    let mut dns = Table::new();
+    dns.insert("nameservers".into(), Value::Array(cfg.dns.nameservers.iter().map(s).collect()));
+    dns.insert("min_ttl".into(), dur(cfg.dns.min_ttl));
+    dns.insert("max_ttl".into(), dur(cfg.dns.max_ttl));
+    dns.insert("keep_stale".into(), dur(cfg.dns.keep_stale));
+    root.insert("dns".into(), Value::Table(dns));
+    if let Some(a) = &cfg.admin {
+        let mut t = Table::new();
+        t.insert("address".into(), s(a.address));
+        if let Some(f) = &a.token_file {
+            t.insert("token_file".into(), path(f));
+        }
+        t.insert("backend_retry".into(), dur(a.backend_retry));
+        root.insert("admin".into(), Value::Table(t));
+    }
+    let mut shutdown = Table::new();
+    shutdown.insert("drain_timeout".into(), dur(cfg.shutdown.drain_timeout));
+    root.insert("shutdown".into(), Value::Table(shutdown));
+    redact(&mut root);
+    root
+}
+
+/// Replaces the value of every secret-named key, at any depth.
+fn redact(t: &mut Table) {
+    for (k, v) in t.iter_mut() {
+        if SECRET_KEYS.contains(&k.as_str()) {
+            *v = s("<redacted>");
+            continue;
+        }
+        match v {
+            Value::Table(inner) => redact(inner),
+            Value::Array(items) => {
+                for i in items {
+                    if let Value::Table(inner) = i {
+                        redact(inner);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_print_in_their_largest_whole_unit() {
+        assert_eq!(dur(Duration::from_secs(600)), s("10m"));
+        assert_eq!(dur(Duration::from_millis(1500)), s("1500ms"));
+        assert_eq!(dur(Duration::from_secs(7200)), s("2h"));
+        assert_eq!(dur(Duration::from_secs(45)), s("45s"));
+    }
+
+    #[test]
+    fn secret_keys_are_redacted_at_any_depth() {
+        let mut t: Table = toml::from_str(
+            "password = \"hunter2\"\n[a]\ntoken = \"t\"\n[[a.b]]\nclient_secret = \"x\"\nname = \"n\"\n",
+        )
+        .unwrap_or_default();
+        redact(&mut t);
+        let text = toml::to_string(&t).unwrap_or_default();
+        assert!(!text.contains("hunter2") && !text.contains("\"t\"") && !text.contains("\"x\""), "{text}");
+        assert!(text.contains("name = \"n\""), "{text}");
+    }
+}
