@@ -91,6 +91,9 @@ read -r passed failed < <(awk '/^test result:/ { p += $4; f += $6 } END { print 
 say "systemd units: systemd-analyze verify and security"
 tests/systemd.sh "${CARGO_TARGET_DIR:-target}/debug/flexgate"
 
+say "tests/container.sh (Kubernetes manifests, Dockerfile replay, rootfs as uid 65532)"
+tests/container.sh
+
 # Fuzzing needs a nightly toolchain (cargo-fuzz builds with sanitizers); run briefly when
 # one is installed, and say so when there is none.
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
