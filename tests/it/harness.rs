@@ -125,6 +125,36 @@ pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Attempts at `mariadb-install-db`. Debian's 10.11.19 has been seen to crash (SIGSEGV in
+/// `ha_maria::drop_table`, while bootstrap creates the sys schema's views) on a loaded CI
+/// machine; a second run on a fresh datadir succeeds. Each failure is printed, not hidden.
+const INSTALL_ATTEMPTS: usize = 3;
+
+/// Initialises `dir/data`, with a private tmpdir (bootstrap's internal temporary tables).
+fn install_db(dir: &Path) {
+    let data = dir.join("data");
+    let tmp = dir.join("tmp");
+    let mut failures = Vec::new();
+    for attempt in 1..=INSTALL_ATTEMPTS {
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir_all(&tmp).unwrap_or_else(|e| panic!("{}: {e}", tmp.display()));
+        let out = Command::new("mariadb-install-db")
+            .args(["--no-defaults", "--auth-root-authentication-method=normal", "--skip-test-db"])
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
+            .args(user_arg())
+            .output()
+            .unwrap_or_else(|e| panic!("mariadb-install-db: {e}; install it with: apt-get install -y mariadb-server"));
+        if out.status.success() {
+            return;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("mariadb-install-db attempt {attempt} of {INSTALL_ATTEMPTS} failed ({}):\n{stderr}", out.status);
+        failures.push(stderr);
+    }
+    panic!("mariadb-install-db failed {INSTALL_ATTEMPTS} times; the last error:\n{}", failures.pop().unwrap_or_default());
+}
+
 impl MariaDb {
     /// Initialises a datadir in `dir` and starts mariadbd on a free port.
     pub fn start(dir: &Path) -> Self {
@@ -139,14 +169,7 @@ impl MariaDb {
     fn start_with(dir: &Path, extra: &[&str]) -> Self {
         require_tool("mariadbd", "apt-get install -y mariadb-server");
         require_tool("mariadb", "apt-get install -y mariadb-client");
-        let data = dir.join("data");
-        let out = Command::new("mariadb-install-db")
-            .args(["--no-defaults", "--auth-root-authentication-method=normal", "--skip-test-db"])
-            .arg(format!("--datadir={}", data.display()))
-            .args(user_arg())
-            .output()
-            .unwrap_or_else(|e| panic!("mariadb-install-db: {e}; install it with: apt-get install -y mariadb-server"));
-        assert!(out.status.success(), "mariadb-install-db failed: {}", String::from_utf8_lossy(&out.stderr));
+        install_db(dir);
         let certs = make_certs(dir);
         let mut db = Self {
             port: 0,
@@ -175,6 +198,7 @@ impl MariaDb {
                 format!("--port={}", self.port),
                 "--bind-address=127.0.0.1".into(),
                 format!("--pid-file={}", d.join("mysqld.pid").display()),
+                format!("--tmpdir={}", d.join("tmp").display()),
                 format!("--log-error={}", d.join("error.log").display()),
                 format!("--ssl-ca={}", self.certs.ca.display()),
                 format!("--ssl-cert={}", self.certs.cert.display()),
