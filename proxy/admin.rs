@@ -126,7 +126,8 @@ async fn authorize(s: &AdminState, headers: &HeaderMap) -> Result<(), Response> 
     }
 }
 
-fn unix(t: SystemTime) -> f64 {
+/// Unix seconds, as every time in `/status` is given.
+pub(crate) fn unix(t: SystemTime) -> f64 {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => d.as_secs_f64(),
         Err(e) => -e.duration().as_secs_f64(),
@@ -165,6 +166,7 @@ pub fn status_json(s: &AdminState) -> Value {
                     "limit": load(&gate.refused_limit),
                     "proxy_header": load(&gate.refused_proxy),
                     "draining": load(&gate.refused_draining),
+                    "key_unavailable": load(&gate.refused_key),
                 },
                 "certificate": certificate,
             })
@@ -199,8 +201,8 @@ pub fn status_json(s: &AdminState) -> Value {
             "accepted": shared.metrics.accepted_total(),
             "with_connection_id": shared.registry.len(),
         },
-        // Filled in by the parts that own them when they exist (the key breaker, Entra).
-        "breaker": Value::Null,
+        "breaker": shared.key.report().to_json(),
+        // Filled in by the Entra authentication when it exists.
         "jwks": Value::Null,
     })
 }

@@ -13,11 +13,16 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+mod keyguard;
 mod listener;
 mod network;
 mod ops;
 mod print;
 
+pub use keyguard::{
+    DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT, DEFAULT_RECOVER_AFTER, Expect, JsonValue, KeyFileFormat,
+    KeyGuardConfig, MAX_GRACE, OnInaccessible, ProviderConfig, ProviderKind,
+};
 pub use listener::{
     ConnectRate, ConnectionLimits, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PREAUTH_PER_IP, ListenAddress, ListenerConfig,
     ProxyProtocolIn, SourceRule,
@@ -68,6 +73,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// What a stop signal does.
     pub shutdown: ShutdownConfig,
+    /// The key breaker, if `[key_guard]` is present.
+    pub key_guard: Option<KeyGuardConfig>,
 }
 
 impl Config {
@@ -94,6 +101,13 @@ impl Config {
         }
         files.extend(self.ipsets.values().map(|s| s.file.clone()));
         files.extend(self.admin.iter().flat_map(|a| a.token_file.clone()));
+        // A provider's CA is configuration; the key file and token file are what it watches,
+        // read at every check, and a change to them is no reason to reload.
+        for p in self.key_guard.iter().flat_map(|k| &k.providers) {
+            if let ProviderKind::Http { ca: Some(ca), .. } = &p.kind {
+                files.push(ca.clone());
+            }
+        }
         files.sort();
         files.dedup();
         files
@@ -233,6 +247,7 @@ struct RawConfig {
     admin: Option<ops::RawAdmin>,
     #[serde(default)]
     shutdown: ops::RawShutdown,
+    key_guard: Option<keyguard::RawKeyGuard>,
 }
 
 #[derive(Deserialize)]
@@ -281,6 +296,7 @@ impl Config {
         let dns = network::dns(raw.dns, &at)?;
         let admin = ops::admin(raw.admin, &at, base)?;
         let shutdown = ops::shutdown(raw.shutdown, &at)?;
+        let key_guard = keyguard::key_guard(raw.key_guard, &at, base)?;
         if raw.listener.is_empty() {
             return Err(at.err("listener", "at least one [[listener]] is required".into()));
         }
@@ -306,7 +322,7 @@ impl Config {
             }
             listeners.push(l);
         }
-        Ok(Self { source: path.to_path_buf(), backend, tls, listeners, ipsets, dns, admin, shutdown })
+        Ok(Self { source: path.to_path_buf(), backend, tls, listeners, ipsets, dns, admin, shutdown, key_guard })
     }
 }
 

@@ -58,6 +58,7 @@ macro_rules! delegate_async_io {
 
 pub mod admin;
 pub mod backend;
+pub mod breaker;
 pub mod config;
 pub mod events;
 pub mod firewall;

@@ -241,7 +241,7 @@ fn describe_status(v: &serde_json::Value) -> String {
         let r = &l["refused"];
         let _ = writeln!(
             out,
-            "listener {} on {}: {} open, {} accepted, refused: firewall {} limit {} proxy_header {} draining {}",
+            "listener {} on {}: {} open, {} accepted, refused: firewall {} limit {} proxy_header {} draining {} key {}",
             str_of(&l["name"]),
             str_of(&l["address"]),
             l["sessions_active"],
@@ -249,7 +249,8 @@ fn describe_status(v: &serde_json::Value) -> String {
             r["firewall"],
             r["limit"],
             r["proxy_header"],
-            r["draining"]
+            r["draining"],
+            r["key_unavailable"]
         );
         if let Some(secs) = l["certificate"]["expires_in_seconds"].as_f64() {
             let _ = writeln!(out, "  certificate expires in {:.1} days", secs / 86400.0);
@@ -257,6 +258,32 @@ fn describe_status(v: &serde_json::Value) -> String {
     }
     let s = &v["sessions"];
     let _ = writeln!(out, "sessions: {} open, {} accepted since start", s["active"], s["accepted"]);
+    let k = &v["breaker"];
+    if k["configured"].as_bool() == Some(true) {
+        let _ = writeln!(
+            out,
+            "key breaker: {} (on_inaccessible = {}){}",
+            str_of(&k["state"]).to_uppercase(),
+            str_of(&k["on_inaccessible"]),
+            k["cause"].as_str().map(|c| format!(": {c}")).unwrap_or_default()
+        );
+        for p in k["providers"].as_array().into_iter().flatten() {
+            let result = match p["ok"].as_bool() {
+                Some(true) => "ok",
+                Some(false) => "FAILED",
+                None => "not checked yet",
+            };
+            let _ = writeln!(
+                out,
+                "  provider {} ({}): {result} {}",
+                str_of(&p["name"]),
+                str_of(&p["kind"]),
+                p["detail"].as_str().unwrap_or("")
+            );
+        }
+    } else {
+        let _ = writeln!(out, "key breaker: not configured");
+    }
     out
 }
 

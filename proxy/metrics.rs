@@ -70,11 +70,15 @@ pub enum Outcome {
     ProxyHeaderRefused,
     /// flexgate was draining before it stops (ERR 1053).
     ShuttingDown,
+    /// The key breaker was inaccessible: refused in place of the greeting (ERR 3032).
+    KeyUnavailable,
+    /// Logged in; closed by the key breaker (`on_inaccessible = "close-existing"`, ERR 3032).
+    ClosedKeyUnavailable,
 }
 
 impl Outcome {
     /// Every outcome, in counter order.
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 25] = [
         Self::Quit,
         Self::ClientClosed,
         Self::ServerClosed,
@@ -98,6 +102,8 @@ impl Outcome {
         Self::TooManyConnections,
         Self::ProxyHeaderRefused,
         Self::ShuttingDown,
+        Self::KeyUnavailable,
+        Self::ClosedKeyUnavailable,
     ];
 
     /// The label used in logs.
@@ -126,6 +132,8 @@ impl Outcome {
             Self::TooManyConnections => "too_many_connections",
             Self::ProxyHeaderRefused => "proxy_header_refused",
             Self::ShuttingDown => "shutting_down",
+            Self::KeyUnavailable => "key_unavailable",
+            Self::ClosedKeyUnavailable => "closed_key_unavailable",
         }
     }
 }

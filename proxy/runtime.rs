@@ -55,6 +55,14 @@ pub enum BuildError {
         /// What was wrong with its file (boxed: errors stay small on the happy path).
         source: Box<FeedError>,
     },
+    /// A key breaker provider could not be built (its CA, say).
+    #[error("{file}: {source}")]
+    KeyGuard {
+        /// The config file.
+        file: DisplayPath,
+        /// Cause.
+        source: Box<crate::breaker::ProviderError>,
+    },
     /// The resolver for hostnames in rules could not be set up.
     #[error("{file}: dns: {source}")]
     Dns {
@@ -89,6 +97,12 @@ pub struct Shared {
     pub draining: tokio_util::sync::CancellationToken,
     /// Resolves hostnames in rules; fixed at startup, like `[backend]`.
     pub resolver: Arc<HostResolver>,
+    /// The key breaker's verdict, which every session consults.
+    pub key: Arc<crate::breaker::KeyGate>,
+    /// The key breaker's metrics.
+    pub key_metrics: crate::breaker::KeyMetrics,
+    /// Hands each config generation's `[key_guard]` to the breaker's task.
+    pub key_plans: tokio::sync::watch::Sender<Option<Arc<crate::breaker::KeyPlan>>>,
     gates: Mutex<HashMap<String, Arc<ListenerGate>>>,
     /// The sections fixed at startup, to tell a reload that changes them needs a restart.
     fixed: (BackendConfig, DnsConfig),
@@ -118,6 +132,7 @@ impl Shared {
         let metrics = Arc::new(Metrics::new());
         let readiness = Readiness::new(metrics.clone());
         let dials = Arc::new(BackendWatch::new(&readiness, &metrics));
+        let key_metrics = crate::breaker::KeyMetrics::register(&metrics);
         Ok(Self {
             backend: Arc::new(Backend::new(&cfg.backend, backend_tls)),
             profile: Arc::default(),
@@ -128,6 +143,9 @@ impl Shared {
             dials,
             draining: tokio_util::sync::CancellationToken::new(),
             resolver: Arc::new(resolver),
+            key: Arc::default(),
+            key_metrics,
+            key_plans: tokio::sync::watch::Sender::new(None),
             gates: Mutex::default(),
             fixed: (cfg.backend.clone(), cfg.dns.clone()),
         })
@@ -175,6 +193,8 @@ pub struct Snapshot {
     pub ipsets: BTreeMap<String, usize>,
     /// Each TLS listener's certificate expiry.
     pub certificates: BTreeMap<String, std::time::SystemTime>,
+    /// `[key_guard]` with its providers built.
+    pub key_plan: Option<Arc<crate::breaker::KeyPlan>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -192,6 +212,12 @@ impl Snapshot {
     /// whole; nothing running is touched.
     pub fn build(cfg: Config, shared: &Shared, generation: u64) -> Result<Self, BuildError> {
         let file = || DisplayPath(cfg.source.clone());
+        let key_plan = cfg
+            .key_guard
+            .as_ref()
+            .map(|k| crate::breaker::KeyPlan::build(k).map(Arc::new))
+            .transpose()
+            .map_err(|e| BuildError::KeyGuard { file: file(), source: Box::new(e) })?;
         let mut sets = BTreeMap::new();
         let mut ipsets = BTreeMap::new();
         for (name, s) in &cfg.ipsets {
@@ -242,10 +268,11 @@ impl Snapshot {
                 metrics: shared.metrics.listener(&l.name),
                 dials: shared.dials.clone(),
                 draining: shared.draining.clone(),
+                key: shared.key.clone(),
             };
             listeners.insert(l.name.clone(), ListenerPlan { config: l.clone(), context: Arc::new(context) });
         }
-        Ok(Self { generation, config: cfg, listeners, refreshers, ipsets, certificates })
+        Ok(Self { generation, config: cfg, listeners, refreshers, ipsets, certificates, key_plan })
     }
 
     /// The hostnames its listeners' rules name.

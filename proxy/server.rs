@@ -104,7 +104,16 @@ impl Proxy {
 
     /// Opens every listening socket, or none, taking a listener's socket from `inherited`
     /// (socket activation) when one is named after it.
+    ///
+    /// With `[key_guard]`, the key is checked first: the listeners open with the breaker's
+    /// state known, `inaccessible` (fail closed) unless every provider passed.
     pub async fn bind_with(self, mut inherited: Inherited) -> Result<Bound, SetupError> {
+        let shared = &self.shared;
+        let plan = self.snapshot.key_plan.clone();
+        shared.key_plans.send_replace(plan.clone());
+        let mut guard =
+            crate::breaker::Guard::new(shared.key.clone(), shared.key_metrics.clone(), &shared.readiness, plan);
+        guard.first_check().await;
         let mut sockets = BTreeMap::new();
         for (name, l) in &self.snapshot.listeners {
             let unix = matches!(l.config.address, ListenAddress::Unix { .. });
@@ -151,6 +160,7 @@ impl Proxy {
             reload_rx,
             status,
             watch: false,
+            guard,
         })
     }
 }
@@ -314,6 +324,7 @@ pub struct Bound {
     reload_rx: mpsc::Receiver<oneshot::Sender<ReloadStatus>>,
     status: watch::Sender<ReloadStatus>,
     watch: bool,
+    guard: crate::breaker::Guard,
 }
 
 impl Bound {
@@ -382,7 +393,7 @@ impl Bound {
     /// learns it instead, and flexgate dials again every `admin.backend_retry` until the
     /// server answers.
     pub async fn serve(self, stop: Stop) {
-        let Self { shared, snapshot, loaded, sockets, admin, requests: _, mut reload_rx, status, watch } = self;
+        let Self { shared, snapshot, loaded, sockets, admin, requests: _, mut reload_rx, status, watch, guard } = self;
         let sessions = TaskTracker::new();
         let background = CancellationToken::new();
         let log = tokio::spawn(events::log_events(shared.events.subscribe()));
@@ -392,6 +403,7 @@ impl Bound {
         let _config = shared.readiness.condition("config", true, format!("generation {}", snapshot.generation));
         let retry = snapshot.config.admin.as_ref().map_or(crate::config::DEFAULT_BACKEND_RETRY, |a| a.backend_retry);
         tokio::spawn(watch_backend(shared.clone(), retry, background.clone()));
+        tokio::spawn(guard.run(shared.key_plans.subscribe(), background.clone()));
         if let Some(l) = admin {
             let state = crate::admin::AdminState::new(
                 shared.clone(),
@@ -758,6 +770,8 @@ impl Serving {
         if !restart.is_empty() {
             changes.push_str(&format!("; changes to [{}] apply only after a restart", restart.join("], [")));
         }
+        // The breaker's task takes the new providers and settings, and checks at once.
+        self.shared.key_plans.send_replace(next.key_plan.clone());
         self.snapshot = next;
         Ok(changes)
     }

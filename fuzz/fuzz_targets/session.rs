@@ -71,6 +71,7 @@ fn context(require_tls: bool, proxied: bool) -> Arc<ListenerContext> {
         metrics: Default::default(),
         dials: Arc::default(),
         draining: Default::default(),
+        key: Arc::default(),
     })
 }
 

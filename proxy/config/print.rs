@@ -10,7 +10,8 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 use super::{
-    BackendAddress, BackendTlsMode, ClientTlsConfig, Config, GreetingMode, ListenAddress, ListenerConfig, SourceRule,
+    BackendAddress, BackendTlsMode, ClientTlsConfig, Config, GreetingMode, KeyGuardConfig, ListenAddress,
+    ListenerConfig, ProviderKind, SourceRule,
 };
 
 /// Keys whose values are redacted if they are ever given inline.
@@ -155,8 +156,68 @@ pub(super) fn effective(cfg: &Config) -> Table {
     let mut shutdown = Table::new();
     shutdown.insert("drain_timeout".into(), dur(cfg.shutdown.drain_timeout));
     root.insert("shutdown".into(), Value::Table(shutdown));
+    if let Some(k) = &cfg.key_guard {
+        root.insert("key_guard".into(), Value::Table(key_guard(k)));
+    }
     redact(&mut root);
     root
+}
+
+fn key_guard(k: &KeyGuardConfig) -> Table {
+    let mut t = Table::new();
+    t.insert("check_interval".into(), dur(k.check_interval));
+    t.insert("timeout".into(), dur(k.timeout));
+    t.insert("grace".into(), dur(k.grace));
+    t.insert("recover_after".into(), Value::Integer(i64::from(k.recover_after)));
+    t.insert("on_inaccessible".into(), s(k.on_inaccessible.as_str()));
+    let providers = k.providers.iter().map(|p| {
+        let mut out = Table::new();
+        out.insert("name".into(), s(&p.name));
+        out.insert("kind".into(), s(p.kind.as_str()));
+        if let Some(d) = p.timeout {
+            out.insert("timeout".into(), dur(d));
+        }
+        match &p.kind {
+            ProviderKind::File { path: file, format, key_ids, sha256 } => {
+                out.insert("path".into(), path(file));
+                if format.is_some() {
+                    out.insert("format".into(), s("mariadb-file-key-management"));
+                }
+                if !key_ids.is_empty() {
+                    out.insert(
+                        "key_ids".into(),
+                        Value::Array(key_ids.iter().map(|i| Value::Integer(i64::from(*i))).collect()),
+                    );
+                }
+                if let Some(d) = sha256 {
+                    out.insert("sha256".into(), s(d.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+                }
+            }
+            ProviderKind::Command { argv } => {
+                out.insert("command".into(), Value::Array(argv.iter().map(s).collect()));
+            }
+            ProviderKind::Http { url, bearer_token_file, ca, expect } => {
+                out.insert("url".into(), s(url));
+                if let Some(f) = bearer_token_file {
+                    out.insert("bearer_token_file".into(), path(f));
+                }
+                if let Some(f) = ca {
+                    out.insert("ca".into(), path(f));
+                }
+                if let Some(e) = expect {
+                    let mut x = Table::new();
+                    x.insert("pointer".into(), s(&e.pointer));
+                    if let Ok(v) = Value::try_from(e.equals.0.clone()) {
+                        x.insert("equals".into(), v);
+                    }
+                    out.insert("expect".into(), Value::Table(x));
+                }
+            }
+        }
+        Value::Table(out)
+    });
+    t.insert("provider".into(), Value::Array(providers.collect()));
+    t
 }
 
 /// Replaces the value of every secret-named key, at any depth.

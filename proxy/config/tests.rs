@@ -165,3 +165,100 @@ fn greeting_mode_is_per_listener() {
     let e = f.parse(&format!("{MINIMAL}greeting = \"router\"\n")).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("listener[0].greeting") && e.contains("\"flexgate\" or \"server\""), "{e}");
 }
+
+#[test]
+fn key_guard_gets_its_defaults_and_every_provider_kind() {
+    let f = Fixture::new();
+    let c = f
+        .parse(&format!(
+            r#"{MINIMAL}
+[key_guard]
+check_interval = "200ms"
+[[key_guard.provider]]
+kind = "file"
+path = "keys/keyfile"
+format = "mariadb-file-key-management"
+key_ids = [1, 2]
+[[key_guard.provider]]
+name = "vault"
+kind = "command"
+command = ["vault-check", "--key", "db"]
+timeout = "2s"
+[[key_guard.provider]]
+kind = "http"
+url = "https://myvault.vault.azure.net/keys/db-cmk?api-version=7.4"
+bearer_token_file = "ca.pem"
+ca = "ca.pem"
+expect = {{ pointer = "/attributes/enabled", equals = true }}
+"#
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let k = c.key_guard.unwrap_or_else(|| panic!("no key_guard"));
+    assert_eq!(k.check_interval, Duration::from_millis(200));
+    assert_eq!((k.grace, k.recover_after, k.timeout), (MAX_GRACE, 2, DEFAULT_CHECK_TIMEOUT));
+    assert_eq!(k.on_inaccessible, OnInaccessible::RefuseNew);
+    let names: Vec<&str> = k.providers.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["file-0", "vault", "http-2"]);
+    // The key file need not exist: a missing key is the breaker's state, not a config error.
+    assert!(matches!(&k.providers[0].kind, ProviderKind::File { path, key_ids, .. }
+        if path == &f.dir.path().join("keys/keyfile") && key_ids == &[1, 2]));
+    assert_eq!(k.providers[1].timeout, Some(Duration::from_secs(2)));
+    assert!(matches!(&k.providers[2].kind, ProviderKind::Http { expect: Some(e), .. }
+        if e.pointer == "/attributes/enabled" && e.equals == JsonValue(serde_json::Value::Bool(true))));
+}
+
+#[test]
+fn key_guard_mistakes_name_their_key() {
+    let f = Fixture::new();
+    let file = "[[key_guard.provider]]\nkind = \"file\"\npath = \"k\"\n";
+    for (extra, key, says) in [
+        (format!("[key_guard]\ngrace = \"11m\"\n{file}"), "key_guard.grace", "10m limit"),
+        ("[key_guard]\n".to_owned(), "key_guard.provider", "at least one"),
+        (format!("[key_guard]\nrecover_after = 0\n{file}"), "key_guard.recover_after", "at least 1"),
+        (format!("[key_guard]\non_inaccessible = \"panic\"\n{file}"), "key_guard.on_inaccessible", "close-existing"),
+        ("[[key_guard.provider]]\nkind = \"kms\"\n".to_owned(), "key_guard.provider[0].kind", "not a provider kind"),
+        ("[[key_guard.provider]]\nkind = \"file\"\n".to_owned(), "key_guard.provider[0].path", "required"),
+        (
+            "[[key_guard.provider]]\nkind = \"file\"\npath = \"k\"\nurl = \"https://x\"\n".to_owned(),
+            "key_guard.provider[0].url",
+            "does not apply",
+        ),
+        (
+            "[[key_guard.provider]]\nkind = \"file\"\npath = \"k\"\nkey_ids = [1]\n".to_owned(),
+            "key_guard.provider[0].key_ids",
+            "needs format",
+        ),
+        (
+            "[[key_guard.provider]]\nkind = \"file\"\npath = \"k\"\nsha256 = \"abc\"\n".to_owned(),
+            "key_guard.provider[0].sha256",
+            "64 digits",
+        ),
+        ("[[key_guard.provider]]\nkind = \"command\"\ncommand = []\n".to_owned(), "key_guard.provider[0].command", "required"),
+        (
+            "[[key_guard.provider]]\nkind = \"command\"\ncommand = [\"/nonexistent/check\"]\n".to_owned(),
+            "key_guard.provider[0].command",
+            "cannot read",
+        ),
+        (
+            "[[key_guard.provider]]\nkind = \"http\"\nurl = \"http://vault.internal/key\"\n".to_owned(),
+            "key_guard.provider[0].url",
+            "must be https",
+        ),
+        (
+            "[[key_guard.provider]]\nkind = \"http\"\nurl = \"https://v/k\"\nexpect = { pointer = \"attributes\", equals = 1 }\n"
+                .to_owned(),
+            "key_guard.provider[0].expect.pointer",
+            "JSON pointer",
+        ),
+        (
+            format!("{file}[[key_guard.provider]]\nname = \"file-0\"\nkind = \"file\"\npath = \"j\"\n"),
+            "key_guard.provider[1].name",
+            "used twice",
+        ),
+    ] {
+        let text = format!("{MINIMAL}\n{extra}");
+        let e = f.parse(&text).err().unwrap_or_else(|| panic!("accepted:\n{extra}"));
+        assert_eq!(e.key, key, "{extra}: {e}");
+        assert!(e.problem.contains(says), "{extra}: {e}");
+    }
+}

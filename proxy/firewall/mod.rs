@@ -47,6 +47,8 @@ pub struct ListenerGate {
     pub refused_proxy: AtomicU64,
     /// Clients refused while flexgate drained before stopping.
     pub refused_draining: AtomicU64,
+    /// Clients refused while the key breaker was inaccessible.
+    pub refused_key: AtomicU64,
     log: RefusalLog,
 }
 
@@ -61,6 +63,8 @@ pub enum GateRefusal {
     ProxyHeader,
     /// flexgate is draining before it stops.
     Draining,
+    /// The key breaker is inaccessible.
+    KeyUnavailable,
 }
 
 impl ListenerGate {
@@ -71,6 +75,7 @@ impl ListenerGate {
             GateRefusal::Limit => &self.refused_limit,
             GateRefusal::ProxyHeader => &self.refused_proxy,
             GateRefusal::Draining => &self.refused_draining,
+            GateRefusal::KeyUnavailable => &self.refused_key,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -87,6 +92,7 @@ impl ListenerGate {
             + self.refused_limit.load(Ordering::Relaxed)
             + self.refused_proxy.load(Ordering::Relaxed)
             + self.refused_draining.load(Ordering::Relaxed)
+            + self.refused_key.load(Ordering::Relaxed)
     }
 }
 

@@ -4,7 +4,7 @@
 //! Pure: plain data in, a [`Decision`] out, tested without sockets. The session asks at each
 //! point where it could refuse: when a client connects (nothing has been sent yet), and when it
 //! has identified itself (a HandshakeResponse or a `COM_CHANGE_USER`). The network firewall
-//! decides at [`Request::Connect`], and the key breaker will; the choice between the server's
+//! and the key breaker decide at [`Request::Connect`]; the choice between the server's
 //! own authentication and Entra tokens at [`Request::Login`]. Each is a field of the input and
 //! a variant of the output, not a new code path in the session.
 //!
@@ -31,6 +31,8 @@ pub struct Policy<'a> {
     pub firewall: &'a Rules,
     /// flexgate is shutting down: it takes no new sessions.
     pub draining: bool,
+    /// The key breaker is inaccessible: since when the data-encryption key is unavailable.
+    pub key_unavailable_since: Option<SystemTime>,
 }
 
 /// The client as flexgate knows it when deciding.
@@ -113,6 +115,9 @@ pub enum Denial {
     UntrustedProxyHeader(IpAddr),
     /// flexgate is draining before it stops (ERR 1053, as MySQL during shutdown).
     ShuttingDown,
+    /// The key breaker is inaccessible: the server's data-encryption key has been unavailable
+    /// since this time, past the grace period (ERR 3032).
+    KeyUnavailable(SystemTime),
 }
 
 impl Denial {
@@ -126,6 +131,7 @@ impl Denial {
             Self::TooManyConnections(hit) => hit.key(),
             Self::UntrustedProxyHeader(_) => "untrusted_proxy_header",
             Self::ShuttingDown => "shutting_down",
+            Self::KeyUnavailable(_) => "key_unavailable",
         }
     }
 }
@@ -143,6 +149,11 @@ pub fn decide(policy: &Policy<'_>, request: &Request<'_>) -> Decision {
             // After the firewall: a host that may not connect learns nothing else.
             if policy.draining {
                 return Decision::Refuse(Denial::ShuttingDown);
+            }
+            // Before the greeting, so that no server connection is made for a client that
+            // would only be refused.
+            if let Some(since) = policy.key_unavailable_since {
+                return Decision::Refuse(Denial::KeyUnavailable(since));
             }
             Decision::Greet
         }
@@ -191,7 +202,7 @@ mod tests {
     }
 
     fn policy(rules: &Rules, require_secure_transport: bool, greeting: GreetingMode) -> Policy<'_> {
-        Policy { require_secure_transport, greeting, firewall: rules, draining: false }
+        Policy { require_secure_transport, greeting, firewall: rules, draining: false, key_unavailable_since: None }
     }
 
     fn login(caps: Capabilities) -> Claim<'static> {
@@ -229,6 +240,26 @@ mod tests {
             decide(&p, &Request::Connect(peer(false))),
             Decision::Refuse(Denial::HostNotAllowed(IpAddr::from([192, 0, 2, 1])))
         );
+    }
+
+    #[test]
+    fn an_inaccessible_key_refuses_new_clients_after_the_firewall_and_the_drain() {
+        let rules = open();
+        let since = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let p = Policy { key_unavailable_since: Some(since), ..policy(&rules, true, GreetingMode::Flexgate) };
+        assert_eq!(decide(&p, &Request::Connect(peer(true))), Decision::Refuse(Denial::KeyUnavailable(since)));
+        let unix = Peer { addr: ClientAddr::Unix, ..peer(false) };
+        assert_eq!(decide(&p, &Request::Connect(unix)), Decision::Refuse(Denial::KeyUnavailable(since)));
+        let draining = Policy { draining: true, ..p };
+        assert_eq!(decide(&draining, &Request::Connect(peer(true))), Decision::Refuse(Denial::ShuttingDown));
+        let closed = Rules::default();
+        let p = Policy { key_unavailable_since: Some(since), ..policy(&closed, true, GreetingMode::Flexgate) };
+        assert_eq!(
+            decide(&p, &Request::Connect(peer(false))),
+            Decision::Refuse(Denial::HostNotAllowed(IpAddr::from([192, 0, 2, 1])))
+        );
+        // A session that is already past its greeting is not the admission's to end.
+        assert_eq!(decide(&p, &Request::Login(peer(true), login(MODERN))), Decision::Authenticate(AuthPath::Server));
     }
 
     #[test]

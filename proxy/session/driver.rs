@@ -219,6 +219,8 @@ pub(super) struct Session<C> {
     attempt: Option<Who>,
     /// The last plugin of the last exchange.
     plugin: Option<Vec<u8>>,
+    /// Fires if the key breaker closes open sessions.
+    key_watch: Option<crate::breaker::SessionWatch>,
 }
 
 impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
@@ -241,6 +243,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
             identity: None,
             attempt: None,
             plugin: None,
+            key_watch: None,
         }
     }
 
@@ -362,6 +365,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
     /// Accepted → Greeted: flexgate's own greeting, or the server's relayed.
     async fn greet(&mut self) -> Result<Phase, SessionError> {
         self.read_proxy_header().await?;
+        self.key_watch = Some(self.ctx.key.watch_session());
         match admission::decide(&self.ctx.policy(), &Request::Connect(self.peer_view())) {
             Decision::Refuse(d) => return Err(SessionError::Denied(d)),
             Decision::Greet | Decision::Authenticate(_) => {}
@@ -641,8 +645,19 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         let mut relay = Relay::new(MAX_PRE_AUTH_PAYLOAD, self.ctx.metrics.byte_counters());
         let result = loop {
             let Some(mut client) = self.client.take() else { break (Outcome::ClientClosed, None) };
-            let end = relay.run(&mut client, &mut backend, &lookup).await;
+            let end = match self.key_watch.as_mut() {
+                // Biased: the relay is polled first, and the close signal costs one atomic load.
+                Some(watch) => tokio::select! {
+                    biased;
+                    end = relay.run(&mut client, &mut backend, &lookup) => Some(end),
+                    () = watch.closed() => None,
+                },
+                None => Some(relay.run(&mut client, &mut backend, &lookup).await),
+            };
             self.client = Some(client);
+            let Some(end) = end else {
+                break self.close_for_key(&mut backend).await;
+            };
             match end {
                 RelayEnd::ChangeUser(payload) => {
                     self.input = relay.take_client_input();
@@ -680,6 +695,34 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         self.log.bytes_in += moved.from_client;
         self.log.bytes_out += moved.to_client;
         result
+    }
+
+    /// The key breaker closes the session (`on_inaccessible = "close-existing"`): the client
+    /// gets ERR 3032 with sequence id 1, the answer to the command it sends next (an idle
+    /// client reads it then; one in the middle of a result reads an error either way), and
+    /// the server a `COM_QUIT`.
+    async fn close_for_key(&mut self, backend: &mut BackendStream) -> (Outcome, Option<u16>) {
+        let since = self.ctx.key.refusing_since().unwrap_or_else(SystemTime::now);
+        let message = format!(
+            "flexgate closed this session: the server's data-encryption key has been unavailable since {}, and the \
+             operator set key_guard.on_inaccessible = \"close-existing\". Reconnect once the key is available again",
+            httpdate::fmt_http_date(since)
+        );
+        let mut out = Vec::with_capacity(16 + message.len());
+        write_err(&mut out, 1, codes::SERVER_OFFLINE_MODE, codes::STATE_GENERAL, &message, true);
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            backend.write_all(&[1, 0, 0, 0, 1]).await?;
+            backend.flush().await
+        })
+        .await;
+        self.send_last(&out).await;
+        warn!(
+            listener = %self.ctx.listener,
+            client = %self.peer,
+            user = self.who.user.as_deref().unwrap_or("-"),
+            "session closed: the data-encryption key is inaccessible (on_inaccessible = close-existing)"
+        );
+        (Outcome::ClosedKeyUnavailable, Some(codes::SERVER_OFFLINE_MODE))
     }
 
     /// A `COM_CHANGE_USER` in the relay: decided like a login, then sent to the server with a
@@ -787,20 +830,30 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
     }
 
     /// Sends the ERR packet for `e` if the client can still receive one; returns its code.
-    async fn refuse(&mut self, e: &SessionError) -> Option<u16> {
-        let r = e.refusal()?;
-        let mut out = Vec::with_capacity(16 + r.message.len());
-        write_err(&mut out, self.client_seq, r.code, r.sql_state, &r.message, self.greeted);
-        // Best effort with a short bound: the client may be gone or not reading.
-        let client = self.client.as_mut()?;
+    /// Writes the session's last packet to the client and closes its side: best effort,
+    /// bounded, since the client may be gone or not reading. Whether it went out.
+    async fn send_last(&mut self, out: &[u8]) -> bool {
+        let Some(client) = self.client.as_mut() else { return false };
         let sent = tokio::time::timeout(Duration::from_secs(1), async {
-            client.write_all(&out).await?;
+            client.write_all(out).await?;
             client.flush().await?;
             client.shutdown().await
         })
         .await;
-        if matches!(sent, Ok(Ok(()))) {
+        let ok = matches!(sent, Ok(Ok(())));
+        if ok {
             self.log.bytes_out += out.len() as u64;
+        }
+        ok
+    }
+
+    async fn refuse(&mut self, e: &SessionError) -> Option<u16> {
+        let r = e.refusal()?;
+        self.client.as_ref()?;
+        let mut out = Vec::with_capacity(16 + r.message.len());
+        write_err(&mut out, self.client_seq, r.code, r.sql_state, &r.message, self.greeted);
+        if self.send_last(&out).await {
+            let client = self.client.as_mut()?;
             // Closing with unread input (the rest of an oversized packet, say) makes the kernel
             // send RST, and a client that receives RST discards the ERR it has not read yet.
             // Drain briefly and boundedly so that the client reads its error first.

@@ -245,6 +245,16 @@ impl SessionError {
                  instance will answer)"
                     .into(),
             ),
+            Self::Denied(Denial::KeyUnavailable(since)) => r(
+                codes::SERVER_OFFLINE_MODE,
+                codes::STATE_GENERAL,
+                format!(
+                    "The server is inaccessible: its data-encryption key has been unavailable since {}, and flexgate \
+                     refuses new connections until the key is available again. Ask the operator to restore access to \
+                     the key (flexgate status shows the failing check)",
+                    httpdate::fmt_http_date(*since)
+                ),
+            ),
             Self::Denied(Denial::TooManyConnections(hit)) => r(
                 codes::CON_COUNT_ERROR,
                 codes::STATE_AUTH_MODE,
@@ -299,6 +309,7 @@ impl SessionError {
             Self::Denied(Denial::TooManyConnections(_)) => Outcome::TooManyConnections,
             Self::Denied(Denial::UntrustedProxyHeader(_)) | Self::ProxyHeader(_) => Outcome::ProxyHeaderRefused,
             Self::Denied(Denial::ShuttingDown) => Outcome::ShuttingDown,
+            Self::Denied(Denial::KeyUnavailable(_)) => Outcome::KeyUnavailable,
             Self::ServerChanged { .. } => Outcome::ServerChanged,
             Self::AuthRefused(_) => Outcome::AuthRefused,
             Self::Timeout(_) => Outcome::HandshakeTimeout,
@@ -315,6 +326,7 @@ impl SessionError {
             Self::Denied(d @ Denial::TooManyConnections(_)) => Some((GateRefusal::Limit, d.as_str())),
             Self::Denied(d @ Denial::UntrustedProxyHeader(_)) => Some((GateRefusal::ProxyHeader, d.as_str())),
             Self::Denied(d @ Denial::ShuttingDown) => Some((GateRefusal::Draining, d.as_str())),
+            Self::Denied(d @ Denial::KeyUnavailable(_)) => Some((GateRefusal::KeyUnavailable, d.as_str())),
             Self::ProxyHeader(_) => Some((GateRefusal::ProxyHeader, "bad_proxy_header")),
             _ => None,
         }

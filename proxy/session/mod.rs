@@ -95,6 +95,8 @@ pub struct ListenerContext {
     pub dials: Arc<BackendWatch>,
     /// Cancelled when flexgate starts to drain: new clients are then refused.
     pub draining: tokio_util::sync::CancellationToken,
+    /// The key breaker's verdict.
+    pub key: Arc<crate::breaker::KeyGate>,
 }
 
 impl ListenerContext {
@@ -105,6 +107,7 @@ impl ListenerContext {
             greeting: self.greeting,
             firewall: &self.firewall,
             draining: self.draining.is_cancelled(),
+            key_unavailable_since: self.key.refusing_since(),
         }
     }
 }

@@ -106,6 +106,7 @@ fn listener(l: Listener, backend: SocketAddr) -> Arc<ListenerContext> {
         metrics: Default::default(),
         dials: Arc::default(),
         draining: Default::default(),
+        key: Arc::default(),
     })
 }
 

@@ -22,6 +22,9 @@ pub mod codes {
     pub const PACKETS_OUT_OF_ORDER: u16 = 1156;
     /// `ER_NOT_SUPPORTED_AUTH_MODE`: flexgate will not complete this auth method.
     pub const NOT_SUPPORTED_AUTH_MODE: u16 = 1251;
+    /// `ER_SERVER_OFFLINE_MODE`: the server takes no new connections (flexgate: its
+    /// data-encryption key is unavailable).
+    pub const SERVER_OFFLINE_MODE: u16 = 3032;
     /// `ER_SECURE_TRANSPORT_REQUIRED`.
     pub const SECURE_TRANSPORT_REQUIRED: u16 = 3159;
     /// `CR_CONN_HOST_ERROR`: cannot connect to the server.
