@@ -779,9 +779,26 @@ async fn client_compatibility_table_matches_the_readme() {
         std::fs::write(path, format!("{head}{BEGIN}{want}{END}{tail}")).unwrap_or_else(|e| panic!("{path}: {e}"));
         return;
     }
+    // Debian's point releases differ between machines (10.11.14 here, 10.11.19 there): the
+    // results must match; the MariaDB version the README names is the one it was made with.
+    if current != want {
+        eprintln!("compat: README.md's table was produced with another MariaDB build; comparing the results only");
+    }
     assert!(
-        current == want,
+        without_mariadb_versions(current) == without_mariadb_versions(&want),
         "README.md's client compatibility table is not what this run produced; rerun with \
          FLEXGATE_UPDATE_README=1 cargo test --test it compat:: to rewrite it.\n--- README.md:\n{current}\n--- this run:\n{want}"
     );
+}
+
+/// The table with every MariaDB build (`10.11.19-MariaDB-0+deb12u1`, `10.11.19-MariaDB`)
+/// replaced by a placeholder.
+fn without_mariadb_versions(table: &str) -> String {
+    table
+        .lines()
+        .map(|line| {
+            line.split(' ').map(|w| if w.contains("-MariaDB") { "<mariadb>" } else { w }).collect::<Vec<_>>().join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -152,7 +152,10 @@ fn install_db(dir: &Path) {
         eprintln!("mariadb-install-db attempt {attempt} of {INSTALL_ATTEMPTS} failed ({}):\n{stderr}", out.status);
         failures.push(stderr);
     }
-    panic!("mariadb-install-db failed {INSTALL_ATTEMPTS} times; the last error:\n{}", failures.pop().unwrap_or_default());
+    panic!(
+        "mariadb-install-db failed {INSTALL_ATTEMPTS} times; the last error:\n{}",
+        failures.pop().unwrap_or_default()
+    );
 }
 
 impl MariaDb {

@@ -4,6 +4,7 @@ mod harness;
 
 mod backend;
 mod bounds;
+mod breaker;
 mod change_user;
 mod cli;
 mod compat;

@@ -187,17 +187,17 @@ async fn readiness_fails_while_the_backend_is_unreachable() {
     eventually_async("readyz 200", || async { get(a, "/readyz", None).await.0 == 200 }).await;
 }
 
-/// Any part of the proxy can hold the readiness latch (the key breaker will).
+/// Any part of the proxy can hold the readiness latch (the key breaker does; see breaker.rs).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_held_readiness_condition_flips_readyz() {
     let db = mariadb();
     let proxy = ProxyConfig::to(db).extra(&admin_section("")).start(&db.certs).await;
     let admin = proxy.admin.unwrap_or_else(|| panic!("no admin address"));
     eventually_async("readyz 200", || async { get(admin, "/readyz", None).await.0 == 200 }).await;
-    let key = proxy.readiness.condition("key", false, "inaccessible since 10:00");
+    let key = proxy.readiness.condition("held", false, "inaccessible since 10:00");
     let (code, _, body) = get(admin, "/readyz", None).await;
     assert_eq!(code, 503);
-    assert!(body.contains("key: failing (inaccessible since 10:00)"), "{body}");
+    assert!(body.contains("held: failing (inaccessible since 10:00)"), "{body}");
     key.set(true, "available");
     assert_eq!(get(admin, "/readyz", None).await.0, 200);
 }
