@@ -55,8 +55,12 @@ FLEXGATE_BASE_BIN=${FLEXGATE_BASE_BIN:-}
 # The baseline binary gets the same rules (it has the firewall too).
 # The current binary also runs its admin API, scraped every METRICS_SCRAPE
 # seconds during the run (0: no scrapes), so its figures are with metrics on.
+# It also watches a key file with [key_guard], checked every KEY_CHECK (empty:
+# no [key_guard]), so that the breaker's per-connection and relay costs are on
+# the measured path.
 ALLOW_PREFIXES=${ALLOW_PREFIXES:-10000}
 METRICS_SCRAPE=${METRICS_SCRAPE:-5}
+KEY_CHECK=${KEY_CHECK-1s}
 DB_USER=sbtest
 DB_PASS=sbtest
 DB_NAME=sbtest
@@ -450,9 +454,14 @@ start_flexgate_proc() {
 }
 
 start_flexgate() {
-  local admin_port=$ADMIN_PORT
+  local admin_port=$ADMIN_PORT guard=''
+  if [[ -n $KEY_CHECK ]]; then
+    printf '1;%s\n' a7addd9adea9978fda19f21e6be987880e68ac92632ca052e5bb42b1a506939a >"$WORK/keyfile"
+    guard=$'\n[key_guard]\ncheck_interval = "'"$KEY_CHECK"$'"\n[[key_guard.provider]]\nkind = "file"\npath = "'"$WORK/keyfile"$'"\nformat = "mariadb-file-key-management"\nkey_ids = [1]\n'
+    log "flexgate watches $WORK/keyfile every $KEY_CHECK ([key_guard])"
+  fi
   start_flexgate_proc flexgate "$FLEXGATE_BIN" "$FG_PORT" FLEXGATE_PID \
-    "$(flexgate_rules)"$'\n\n[admin]\naddress = "127.0.0.1:'"$admin_port"$'"\n'
+    "$(flexgate_rules)"$'\n\n[admin]\naddress = "127.0.0.1:'"$admin_port"$'"\n'"$guard"
   if ((METRICS_SCRAPE > 0)); then
     # A Prometheus-like scraper: one GET of /metrics every METRICS_SCRAPE seconds.
     (while kill -0 "$FLEXGATE_PID" 2>/dev/null; do

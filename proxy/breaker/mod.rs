@@ -16,15 +16,19 @@ pub mod machine;
 pub mod provider;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use atomic_waker::AtomicWaker;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -44,9 +48,10 @@ pub struct KeyGate {
     /// While inaccessible: since when the key is unavailable, in Unix milliseconds; 0 while
     /// new connections are admitted.
     refusing_since_ms: AtomicU64,
-    /// One sender per open session, fired to close it (`close-existing`). A oneshot per
-    /// session, not one shared token: the relay polls it at every wake, and a oneshot's poll
-    /// is one atomic load, where a shared token's takes two locks that every session contends.
+    /// One signal per open session, raised to close it (`close-existing`). The relay looks
+    /// at it on every wake, so it is one atomic load and a waker comparison there; a shared
+    /// `CancellationToken` would take two contended locks per wake, a oneshot about 130
+    /// instructions (measured with callgrind).
     closers: Mutex<Closers>,
     report: Mutex<Report>,
 }
@@ -54,7 +59,21 @@ pub struct KeyGate {
 #[derive(Debug, Default)]
 struct Closers {
     next: u64,
-    open: HashMap<u64, oneshot::Sender<()>>,
+    open: HashMap<u64, Arc<CloseSignal>>,
+}
+
+/// A session's close signal: raised once, never lowered.
+#[derive(Debug, Default)]
+struct CloseSignal {
+    raised: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl CloseSignal {
+    fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        self.waker.wake();
+    }
 }
 
 impl Default for KeyGate {
@@ -66,23 +85,42 @@ impl Default for KeyGate {
 /// A session's end of the close signal; leaving it unregisters the session.
 #[derive(Debug)]
 pub struct SessionWatch {
-    closed: Option<oneshot::Receiver<()>>,
+    signal: Arc<CloseSignal>,
+    /// The waker last registered with the signal: while the task's waker stays the same (it
+    /// does for a tokio task), polling does not register again.
+    registered: Option<Waker>,
     id: u64,
     gate: Arc<KeyGate>,
 }
 
 impl SessionWatch {
     /// Resolves when the breaker closes open sessions; never otherwise.
-    pub async fn closed(&mut self) {
-        match self.closed.as_mut() {
-            Some(rx) => {
-                if rx.await.is_err() {
-                    self.closed = None;
-                    std::future::pending::<()>().await;
-                }
-            }
-            None => std::future::pending().await,
+    pub fn closed(&mut self) -> Closed<'_> {
+        Closed(self)
+    }
+}
+
+/// The future of [`SessionWatch::closed`].
+#[derive(Debug)]
+pub struct Closed<'a>(&'a mut SessionWatch);
+
+impl Future for Closed<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let w = &mut *self.get_mut().0;
+        if w.signal.raised.load(Ordering::Acquire) {
+            return Poll::Ready(());
         }
+        if !w.registered.as_ref().is_some_and(|r| r.will_wake(cx.waker())) {
+            w.signal.waker.register(cx.waker());
+            w.registered = Some(cx.waker().clone());
+            // Raised between the first look and the registration: its wake found no waker.
+            if w.signal.raised.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -104,12 +142,12 @@ impl KeyGate {
     /// What a new session watches to learn that the breaker closes it. Taken before the
     /// admission decision, so that a trip between the two cannot be missed.
     pub fn watch_session(self: &Arc<Self>) -> SessionWatch {
-        let (tx, rx) = oneshot::channel();
+        let signal = Arc::new(CloseSignal::default());
         let mut closers = self.closers.lock().unwrap_or_else(PoisonError::into_inner);
         let id = closers.next;
         closers.next += 1;
-        closers.open.insert(id, tx);
-        SessionWatch { closed: Some(rx), id, gate: self.clone() }
+        closers.open.insert(id, signal.clone());
+        SessionWatch { signal, registered: None, id, gate: self.clone() }
     }
 
     /// The state as `/status` shows it.
@@ -128,7 +166,10 @@ impl KeyGate {
     /// Closes every open session; returns how many were told.
     fn close_existing(&self) -> usize {
         let open = std::mem::take(&mut self.closers.lock().unwrap_or_else(PoisonError::into_inner).open);
-        open.into_values().filter(|tx| !tx.is_closed()).map(|tx| tx.send(())).filter(Result::is_ok).count()
+        for signal in open.values() {
+            signal.raise();
+        }
+        open.len()
     }
 
     fn publish(&self, report: Report) {

@@ -646,19 +646,12 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         let result = loop {
             let Some(mut client) = self.client.take() else { break (Outcome::ClientClosed, None) };
             let end = match self.key_watch.as_mut() {
-                // Biased: the relay is polled first, and the close signal costs one atomic load.
-                Some(watch) => tokio::select! {
-                    biased;
-                    end = relay.run(&mut client, &mut backend, &lookup) => Some(end),
-                    () = watch.closed() => None,
-                },
-                None => Some(relay.run(&mut client, &mut backend, &lookup).await),
+                Some(watch) => relay.run(&mut client, &mut backend, &lookup, &mut watch.closed()).await,
+                None => relay.run(&mut client, &mut backend, &lookup, &mut std::future::pending()).await,
             };
             self.client = Some(client);
-            let Some(end) = end else {
-                break self.close_for_key(&mut backend).await;
-            };
             match end {
+                RelayEnd::Interrupted => break self.close_for_key(&mut backend).await,
                 RelayEnd::ChangeUser(payload) => {
                     self.input = relay.take_client_input();
                     if let Err(e) = self.change_user(&mut backend, payload).await {

@@ -67,6 +67,9 @@ pub(crate) enum RelayEnd {
     ChangeUser(Vec<u8>),
     /// A socket failed, or the client broke the framing.
     Failed(RelayError),
+    /// The `interrupt` future given to [`Relay::run`] resolved (the key breaker closes the
+    /// session); nothing more was relayed.
+    Interrupted,
 }
 
 /// The relay's state across pauses.
@@ -92,12 +95,21 @@ impl Relay {
 
     /// Relays until both sides close, a side fails, or the client sends `COM_CHANGE_USER`.
     /// `lookup` translates flexgate's connection ids in `KILL` to the server's.
-    pub(crate) async fn run<C, S>(&mut self, client: &mut C, server: &mut S, lookup: Lookup<'_>) -> RelayEnd
+    /// `interrupt` is polled first at every wake, inside the relay's own future rather than
+    /// beside it in a `select!`, which keeps the copy loop inlined: it must be cheap.
+    pub(crate) async fn run<C, S, I>(
+        &mut self,
+        client: &mut C,
+        server: &mut S,
+        lookup: Lookup<'_>,
+        interrupt: &mut I,
+    ) -> RelayEnd
     where
         C: AsyncRead + AsyncWrite + Unpin,
         S: AsyncRead + AsyncWrite + Unpin,
+        I: Future<Output = ()> + Unpin,
     {
-        Run { relay: self, client, server, lookup, pause: None }.await
+        Run { relay: self, client, server, lookup, pause: None, interrupt }.await
     }
 
     /// Bytes moved so far.
@@ -141,23 +153,28 @@ impl Relay {
     }
 }
 
-struct Run<'a, C, S> {
+struct Run<'a, C, S, I> {
     relay: &'a mut Relay,
     client: &'a mut C,
     server: &'a mut S,
     lookup: Lookup<'a>,
     pause: Option<Vec<u8>>,
+    interrupt: &'a mut I,
 }
 
-impl<C, S> Future for Run<'_, C, S>
+impl<C, S, I> Future for Run<'_, C, S, I>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
+    I: Future<Output = ()> + Unpin,
 {
     type Output = RelayEnd;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayEnd> {
         let this = self.get_mut();
+        if Pin::new(&mut *this.interrupt).poll(cx).is_ready() {
+            return Poll::Ready(RelayEnd::Interrupted);
+        }
         let r = &mut *this.relay;
         if this.pause.is_none() {
             let up = r.up.poll(cx, &mut *this.client, &mut *this.server, this.lookup);
@@ -267,6 +284,7 @@ impl<F: Filter> Direction<F> {
 
     /// `Ready(Ok(None))` at EOF (passed on as a write shutdown), `Ready(Ok(Some(payload)))` at
     /// a change-user.
+    #[inline]
     fn poll<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -514,7 +532,7 @@ mod tests {
         let (mut server_near, server_far) = duplex(777);
         let relay = tokio::spawn(async move {
             let mut r = Relay::new(1 << 16, Default::default());
-            let end = r.run(&mut client_near, &mut server_near, &no_lookup).await;
+            let end = r.run(&mut client_near, &mut server_near, &no_lookup, &mut std::future::pending()).await;
             (r.moved(), end)
         });
         let up = client_stream();
@@ -554,7 +572,7 @@ mod tests {
             server_far.read_exact(&mut got).await.map(|_| got == want)
         });
         let mut r = Relay::new(1 << 16, Default::default());
-        let end = r.run(&mut client_near, &mut server_near, &lookup).await;
+        let end = r.run(&mut client_near, &mut server_near, &lookup, &mut std::future::pending()).await;
         assert!(matches!(&end, RelayEnd::ChangeUser(p) if p == &[com::CHANGE_USER, b'u', 0, 0, 0]), "{end:?}");
         assert!(reader.await.ok().and_then(Result::ok) == Some(true), "server saw other bytes");
     }
@@ -574,7 +592,7 @@ mod tests {
             Ok::<_, io::Error>(client_far)
         });
         let mut r = Relay::new(1 << 16, Default::default());
-        let end = r.run(&mut client_near, &mut server_near, &no_lookup).await;
+        let end = r.run(&mut client_near, &mut server_near, &no_lookup, &mut std::future::pending()).await;
         assert!(matches!(&end, RelayEnd::ChangeUser(p) if p == &[com::CHANGE_USER, b'u', 0, 0, 0]), "{end:?}");
         let mut got = [0u8; 13];
         server_far.read_exact(&mut got).await.unwrap_or_else(|e| panic!("{e}"));
@@ -583,7 +601,26 @@ mod tests {
         client_far.write_all(&after).await.unwrap_or_else(|e| panic!("{e}"));
         drop(client_far);
         drop(server_far);
-        let end = r.run(&mut client_near, &mut server_near, &no_lookup).await;
+        let end = r.run(&mut client_near, &mut server_near, &no_lookup, &mut std::future::pending()).await;
         assert!(r.client_quit(), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn an_interrupt_ends_an_idle_relay() {
+        let (mut client_near, _client_far) = tokio::io::duplex(1024);
+        let (mut server_near, _server_far) = tokio::io::duplex(1024);
+        let mut r = Relay::new(1024, (Counter::default(), Counter::default()));
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let mut interrupt = Box::pin(async move {
+            let _ = (&mut rx).await;
+        });
+        let run = r.run(&mut client_near, &mut server_near, &no_lookup, &mut interrupt);
+        let sender = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            let _ = tx.send(());
+        });
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), run).await;
+        assert!(matches!(end, Ok(RelayEnd::Interrupted)), "{end:?}");
+        sender.await.unwrap_or_else(|e| panic!("{e}"));
     }
 }
