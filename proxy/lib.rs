@@ -57,6 +57,7 @@ macro_rules! delegate_async_io {
 }
 
 pub mod admin;
+pub mod auth;
 pub mod backend;
 pub mod breaker;
 pub mod config;
