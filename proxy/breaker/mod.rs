@@ -53,6 +53,8 @@ pub struct KeyGate {
     /// `CancellationToken` would take two contended locks per wake, a oneshot about 130
     /// instructions (measured with callgrind).
     closers: Mutex<Closers>,
+    /// Counts `close_existing` calls; see [`KeyGate::trips`].
+    trips: AtomicU64,
     report: Mutex<Report>,
 }
 
@@ -78,7 +80,12 @@ impl CloseSignal {
 
 impl Default for KeyGate {
     fn default() -> Self {
-        Self { refusing_since_ms: AtomicU64::new(0), closers: Mutex::default(), report: Mutex::new(Report::default()) }
+        Self {
+            refusing_since_ms: AtomicU64::new(0),
+            closers: Mutex::default(),
+            trips: AtomicU64::new(0),
+            report: Mutex::new(Report::default()),
+        }
     }
 }
 
@@ -139,14 +146,29 @@ impl KeyGate {
         }
     }
 
-    /// What a new session watches to learn that the breaker closes it. Taken before the
-    /// admission decision, so that a trip between the two cannot be missed.
-    pub fn watch_session(self: &Arc<Self>) -> SessionWatch {
+    /// How many times open sessions have been closed. A session notes it before its
+    /// admission decision (one atomic load: a refused client costs nothing more) and hands it
+    /// to [`KeyGate::watch_session`] once logged in, so that a trip in between is not missed.
+    pub fn trips(&self) -> u64 {
+        self.trips.load(Ordering::Acquire)
+    }
+
+    /// What a logged-in session watches to learn that the breaker closes it; `seen` is what
+    /// [`KeyGate::trips`] said before its admission. Already raised if a trip came since.
+    pub fn watch_session(self: &Arc<Self>, seen: u64) -> SessionWatch {
         let signal = Arc::new(CloseSignal::default());
-        let mut closers = self.closers.lock().unwrap_or_else(PoisonError::into_inner);
-        let id = closers.next;
-        closers.next += 1;
-        closers.open.insert(id, signal.clone());
+        let id = {
+            let mut closers = self.closers.lock().unwrap_or_else(PoisonError::into_inner);
+            let id = closers.next;
+            closers.next += 1;
+            closers.open.insert(id, signal.clone());
+            id
+        };
+        // A trip counts before it takes the map: registered before it, the session is raised
+        // by it; registered after, it sees the count move.
+        if self.trips() != seen {
+            signal.raised.store(true, Ordering::Release);
+        }
         SessionWatch { signal, registered: None, id, gate: self.clone() }
     }
 
@@ -165,6 +187,7 @@ impl KeyGate {
 
     /// Closes every open session; returns how many were told.
     fn close_existing(&self) -> usize {
+        self.trips.fetch_add(1, Ordering::AcqRel);
         let open = std::mem::take(&mut self.closers.lock().unwrap_or_else(PoisonError::into_inner).open);
         for signal in open.values() {
             signal.raise();
@@ -215,13 +238,10 @@ pub struct ProviderReport {
     pub took: Option<Duration>,
 }
 
-fn unix(t: SystemTime) -> f64 {
-    crate::admin::unix(t)
-}
-
 impl Report {
     /// The JSON of `/status`'s `breaker` field.
     pub fn to_json(&self) -> serde_json::Value {
+        use crate::admin::unix;
         use serde_json::json;
         if !self.configured {
             return json!({ "configured": false, "state": "disabled" });

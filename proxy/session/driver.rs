@@ -219,8 +219,8 @@ pub(super) struct Session<C> {
     attempt: Option<Who>,
     /// The last plugin of the last exchange.
     plugin: Option<Vec<u8>>,
-    /// Fires if the key breaker closes open sessions.
-    key_watch: Option<crate::breaker::SessionWatch>,
+    /// The key breaker's trip count before the admission decision.
+    key_trips: u64,
 }
 
 impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
@@ -243,7 +243,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
             identity: None,
             attempt: None,
             plugin: None,
-            key_watch: None,
+            key_trips: 0,
         }
     }
 
@@ -365,7 +365,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
     /// Accepted → Greeted: flexgate's own greeting, or the server's relayed.
     async fn greet(&mut self) -> Result<Phase, SessionError> {
         self.read_proxy_header().await?;
-        self.key_watch = Some(self.ctx.key.watch_session());
+        self.key_trips = self.ctx.key.trips();
         match admission::decide(&self.ctx.policy(), &Request::Connect(self.peer_view())) {
             Decision::Refuse(d) => return Err(SessionError::Denied(d)),
             Decision::Greet | Decision::Authenticate(_) => {}
@@ -643,12 +643,11 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         let registry = self.ctx.registry.clone();
         let lookup = move |id: u32| registry.server_id(id);
         let mut relay = Relay::new(MAX_PRE_AUTH_PAYLOAD, self.ctx.metrics.byte_counters());
+        // Fires if the key breaker closes open sessions, including a trip since admission.
+        let mut key_watch = self.ctx.key.watch_session(self.key_trips);
         let result = loop {
             let Some(mut client) = self.client.take() else { break (Outcome::ClientClosed, None) };
-            let end = match self.key_watch.as_mut() {
-                Some(watch) => relay.run(&mut client, &mut backend, &lookup, &mut watch.closed()).await,
-                None => relay.run(&mut client, &mut backend, &lookup, &mut std::future::pending()).await,
-            };
+            let end = relay.run(&mut client, &mut backend, &lookup, &mut key_watch.closed()).await;
             self.client = Some(client);
             match end {
                 RelayEnd::Interrupted => break self.close_for_key(&mut backend).await,
