@@ -13,12 +13,17 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+mod auth;
 mod keyguard;
 mod listener;
 mod network;
 mod ops;
 mod print;
 
+pub use auth::{
+    AuthConfig, AuthMode, DEFAULT_AUDIENCE, DEFAULT_AUTHORITY, DEFAULT_CLOCK_SKEW, DEFAULT_GRAPH, DEFAULT_GRAPH_CACHE,
+    DEFAULT_JWKS, EntraConfig, GraphConfig, JwksSource, OnTokenExpiry, PrincipalConfig, PrincipalKind, SecretSource,
+};
 pub use keyguard::{
     DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT, DEFAULT_RECOVER_AFTER, Expect, JsonValue, KeyFileFormat,
     KeyGuardConfig, MAX_GRACE, OnInaccessible, ProviderConfig, ProviderKind,
@@ -75,6 +80,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// The key breaker, if `[key_guard]` is present.
     pub key_guard: Option<KeyGuardConfig>,
+    /// How clients log in.
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -107,6 +114,21 @@ impl Config {
             if let ProviderKind::Http { ca: Some(ca), .. } = &p.kind {
                 files.push(ca.clone());
             }
+        }
+        // Held secrets and a file key set are re-read on reload: a rotated secret takes effect
+        // without a restart.
+        if let Some(e) = &self.auth.entra {
+            match &e.jwks {
+                JwksSource::File(p) | JwksSource::Https { ca: Some(p), .. } => files.push(p.clone()),
+                JwksSource::Https { ca: None, .. } => {}
+            }
+            let secrets = e.principals.iter().map(|p| &p.backend_password);
+            for s in secrets.chain(e.graph.iter().map(|g| &g.client_secret)) {
+                if let SecretSource::File(p) = s {
+                    files.push(p.clone());
+                }
+            }
+            files.extend(e.graph.iter().flat_map(|g| g.ca.clone()));
         }
         files.sort();
         files.dedup();
@@ -248,6 +270,8 @@ struct RawConfig {
     #[serde(default)]
     shutdown: ops::RawShutdown,
     key_guard: Option<keyguard::RawKeyGuard>,
+    #[serde(default)]
+    auth: auth::RawAuth,
 }
 
 #[derive(Deserialize)]
@@ -297,13 +321,16 @@ impl Config {
         let admin = ops::admin(raw.admin, &at, base)?;
         let shutdown = ops::shutdown(raw.shutdown, &at)?;
         let key_guard = keyguard::key_guard(raw.key_guard, &at, base)?;
+        let auth = auth::auth(raw.auth, &at, base)?;
         if raw.listener.is_empty() {
             return Err(at.err("listener", "at least one [[listener]] is required".into()));
         }
         let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(raw.listener.len());
         for (i, l) in raw.listener.into_iter().enumerate() {
-            let l =
-                listener::listener(l, &listener::Context { at: &at, base, index: i, tls: &raw.tls, ipsets: &ipsets })?;
+            let l = listener::listener(
+                l,
+                &listener::Context { at: &at, base, index: i, tls: &raw.tls, ipsets: &ipsets, auth: &auth },
+            )?;
             if let Some(other) = listeners.iter().find(|o| o.name == l.name) {
                 return Err(at.err(&format!("listener[{i}].name"), format!("\"{}\" is used twice", other.name)));
             }
@@ -322,7 +349,7 @@ impl Config {
             }
             listeners.push(l);
         }
-        Ok(Self { source: path.to_path_buf(), backend, tls, listeners, ipsets, dns, admin, shutdown, key_guard })
+        Ok(Self { source: path.to_path_buf(), backend, tls, listeners, ipsets, dns, admin, shutdown, key_guard, auth })
     }
 }
 

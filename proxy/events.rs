@@ -159,6 +159,29 @@ pub struct LoginEvent {
     /// flood produces, so the log subscriber keeps these out of the info log (the session
     /// logs them rate-limited instead).
     pub at_connect: bool,
+    /// The Entra identity of a token login (accepted or refused), when the login name is an
+    /// Entra principal.
+    pub entra: Option<EntraLogin>,
+}
+
+/// What a login event says about an Entra token login. Ids only: no name from the token, and
+/// never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntraLogin {
+    /// The principal's login name.
+    pub principal: String,
+    /// `user`, `group` or `app`.
+    pub kind: &'static str,
+    /// The server account it maps to.
+    pub backend_user: String,
+    /// The token's tenant, object id and client application, if its signature verified.
+    pub tid: Option<String>,
+    /// The token's `oid`.
+    pub oid: Option<String>,
+    /// The token's `appid`/`azp`.
+    pub appid: Option<String>,
+    /// Why it was refused (a stable label), or `None` if accepted.
+    pub reason: Option<&'static str>,
 }
 
 /// Where sessions publish login events. Cloning shares the channel.
@@ -219,6 +242,12 @@ fn log(e: &LoginEvent) {
         reason = match e.outcome { LoginOutcome::Refused { reason, .. } => reason, _ => "-" },
         error_code = e.outcome.code().unwrap_or(0),
         duration_ms = u64::try_from(e.duration.as_millis()).unwrap_or(u64::MAX),
+        entra_principal = e.entra.as_ref().map_or("-", |x| x.principal.as_str()),
+        entra_kind = e.entra.as_ref().map_or("-", |x| x.kind),
+        backend_user = e.entra.as_ref().map_or("-", |x| x.backend_user.as_str()),
+        tid = e.entra.as_ref().and_then(|x| x.tid.as_deref()).unwrap_or("-"),
+        oid = e.entra.as_ref().and_then(|x| x.oid.as_deref()).unwrap_or("-"),
+        appid = e.entra.as_ref().and_then(|x| x.appid.as_deref()).unwrap_or("-"),
         "login"
     );
 }
@@ -251,6 +280,7 @@ mod tests {
             outcome: LoginOutcome::ServerRefused { code: n },
             duration: Duration::ZERO,
             at_connect: false,
+            entra: None,
         }
     }
 

@@ -74,11 +74,18 @@ pub enum Outcome {
     KeyUnavailable,
     /// Logged in; closed by the key breaker (`on_inaccessible = "close-existing"`, ERR 3032).
     ClosedKeyUnavailable,
+    /// flexgate refused an Entra login or a password login where only Entra is allowed
+    /// (ERR 1045 with the reason).
+    EntraRefused,
+    /// flexgate could not log in to the server as the account an Entra principal maps to.
+    MappedLoginFailed,
+    /// Logged in with a token; closed at its expiry (`on_token_expiry = "close-session"`).
+    ClosedTokenExpired,
 }
 
 impl Outcome {
     /// Every outcome, in counter order.
-    pub const ALL: [Self; 25] = [
+    pub const ALL: [Self; 28] = [
         Self::Quit,
         Self::ClientClosed,
         Self::ServerClosed,
@@ -104,6 +111,9 @@ impl Outcome {
         Self::ShuttingDown,
         Self::KeyUnavailable,
         Self::ClosedKeyUnavailable,
+        Self::EntraRefused,
+        Self::MappedLoginFailed,
+        Self::ClosedTokenExpired,
     ];
 
     /// The label used in logs.
@@ -134,6 +144,9 @@ impl Outcome {
             Self::ShuttingDown => "shutting_down",
             Self::KeyUnavailable => "key_unavailable",
             Self::ClosedKeyUnavailable => "closed_key_unavailable",
+            Self::EntraRefused => "entra_refused",
+            Self::MappedLoginFailed => "mapped_login_failed",
+            Self::ClosedTokenExpired => "closed_token_expired",
         }
     }
 }

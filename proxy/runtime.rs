@@ -63,6 +63,14 @@ pub enum BuildError {
         /// Cause.
         source: Box<crate::breaker::ProviderError>,
     },
+    /// `[auth.entra]` could not be built (a secret, the key set, the Graph client).
+    #[error("{file}: {source}")]
+    Entra {
+        /// The config file.
+        file: DisplayPath,
+        /// Cause.
+        source: Box<crate::auth::entra::EntraSetupError>,
+    },
     /// The resolver for hostnames in rules could not be set up.
     #[error("{file}: dns: {source}")]
     Dns {
@@ -103,6 +111,10 @@ pub struct Shared {
     pub key_metrics: crate::breaker::KeyMetrics,
     /// Hands each config generation's `[key_guard]` to the breaker's task.
     pub key_plans: tokio::sync::watch::Sender<Option<Arc<crate::breaker::KeyPlan>>>,
+    /// The Entra path's metrics.
+    pub entra_metrics: crate::auth::entra::EntraMetrics,
+    /// The HTTPS key set, kept across reloads that name the same source.
+    jwks: Mutex<Option<Arc<crate::auth::entra::JwksStore>>>,
     gates: Mutex<HashMap<String, Arc<ListenerGate>>>,
     /// The sections fixed at startup, to tell a reload that changes them needs a restart.
     fixed: (BackendConfig, DnsConfig),
@@ -133,6 +145,7 @@ impl Shared {
         let readiness = Readiness::new(metrics.clone());
         let dials = Arc::new(BackendWatch::new(&readiness, &metrics));
         let key_metrics = crate::breaker::KeyMetrics::register(&metrics);
+        let entra_metrics = crate::auth::entra::EntraMetrics::register(&metrics);
         Ok(Self {
             backend: Arc::new(Backend::new(&cfg.backend, backend_tls)),
             profile: Arc::default(),
@@ -146,6 +159,8 @@ impl Shared {
             key: Arc::default(),
             key_metrics,
             key_plans: tokio::sync::watch::Sender::new(None),
+            entra_metrics,
+            jwks: Mutex::default(),
             gates: Mutex::default(),
             fixed: (cfg.backend.clone(), cfg.dns.clone()),
         })
@@ -155,6 +170,23 @@ impl Shared {
     pub fn gate(&self, listener: &str) -> Arc<ListenerGate> {
         let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
         gates.entry(listener.to_owned()).or_default().clone()
+    }
+
+    /// The key store for `source`: the running one if it serves the same HTTPS source (its
+    /// cache survives the reload), else a new one (a file source is re-read), with `true`.
+    fn jwks_store(
+        &self,
+        source: &crate::config::JwksSource,
+    ) -> Result<(Arc<crate::auth::entra::JwksStore>, bool), crate::auth::entra::JwksError> {
+        let mut held = self.jwks.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(store) =
+            held.as_ref().filter(|s| s.source() == source && matches!(source, crate::config::JwksSource::Https { .. }))
+        {
+            return Ok((store.clone(), false));
+        }
+        let store = Arc::new(crate::auth::entra::JwksStore::new(source, self.entra_metrics.clone())?);
+        *held = Some(store.clone());
+        Ok((store, true))
     }
 
     /// What a new config changes that only a restart applies.
@@ -230,6 +262,20 @@ impl Snapshot {
             sets.insert(name.clone(), Arc::new(set));
         }
         let mut refreshers: Vec<Refresher> = Vec::new();
+        let entra_err =
+            |e: crate::auth::entra::EntraSetupError| BuildError::Entra { file: file(), source: Box::new(e) };
+        let entra = match &cfg.auth.entra {
+            Some(e) => {
+                let (store, new) = shared.jwks_store(&e.jwks).map_err(|j| entra_err(j.into()))?;
+                if new {
+                    refreshers.push(Box::pin(store.clone().prefetch()));
+                }
+                Some(Arc::new(
+                    crate::auth::entra::Entra::build(e, store, shared.entra_metrics.clone()).map_err(entra_err)?,
+                ))
+            }
+            None => None,
+        };
         let mut listeners = BTreeMap::new();
         let mut certificates = BTreeMap::new();
         for (i, l) in cfg.listeners.iter().enumerate() {
@@ -269,6 +315,8 @@ impl Snapshot {
                 dials: shared.dials.clone(),
                 draining: shared.draining.clone(),
                 key: shared.key.clone(),
+                auth_mode: l.auth_mode,
+                entra: entra.clone(),
             };
             listeners.insert(l.name.clone(), ListenerPlan { config: l.clone(), context: Arc::new(context) });
         }
@@ -365,9 +413,15 @@ pub fn describe_changes(old: &Snapshot, new: &Snapshot) -> String {
         if a.handshake_timeout != b.handshake_timeout || a.greeting != b.greeting {
             what.push("handshake");
         }
+        if a.auth_mode != b.auth_mode {
+            what.push("auth_mode");
+        }
         if !what.is_empty() {
             parts.push(format!("~listener {name} ({})", what.join(", ")));
         }
+    }
+    if old.config.auth != new.config.auth {
+        parts.push("auth".into());
     }
     for (name, n) in &new.ipsets {
         if old.ipsets.get(name) != Some(n) || old.config.ipsets.get(name) != new.config.ipsets.get(name) {

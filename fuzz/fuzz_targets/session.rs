@@ -72,6 +72,8 @@ fn context(require_tls: bool, proxied: bool) -> Arc<ListenerContext> {
         dials: Arc::default(),
         draining: Default::default(),
         key: Arc::default(),
+        auth_mode: Default::default(),
+        entra: None,
     })
 }
 

@@ -386,7 +386,7 @@ async fn check_http(
 
 /// reqwest's error with its causes: the top level alone ("error sending request") hides
 /// whether it was DNS, TLS or a timeout.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

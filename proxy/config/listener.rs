@@ -12,8 +12,8 @@ use serde::Deserialize;
 use crate::firewall::dns::Hostname;
 
 use super::{
-    ClientTlsConfig, ConfigError, DEFAULT_HANDSHAKE_TIMEOUT, GreetingMode, IpSetConfig, Locator, RawTls, client_tls,
-    duration_or, parse_duration,
+    AuthConfig, AuthMode, ClientTlsConfig, ConfigError, DEFAULT_HANDSHAKE_TIMEOUT, GreetingMode, IpSetConfig, Locator,
+    RawTls, client_tls, duration_or, parse_duration,
 };
 
 /// Default `listener.max_connections`: far below the descriptor limit flexgate raises itself
@@ -44,6 +44,8 @@ pub struct ListenerConfig {
     pub limits: ConnectionLimits,
     /// Peers whose PROXY protocol headers are believed.
     pub proxy_protocol: Option<ProxyProtocolIn>,
+    /// How clients log in here: the listener's `auth_mode`, or `auth.mode`.
+    pub auth_mode: AuthMode,
 }
 
 /// A listening address.
@@ -166,6 +168,7 @@ pub(super) struct RawListener {
     max_preauth_per_ip: Option<u32>,
     connect_rate_per_ip: Option<String>,
     proxy_protocol: Option<RawProxyProtocol>,
+    auth_mode: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -181,6 +184,7 @@ pub(super) struct Context<'a> {
     pub(super) index: usize,
     pub(super) tls: &'a RawTls,
     pub(super) ipsets: &'a BTreeMap<String, IpSetConfig>,
+    pub(super) auth: &'a AuthConfig,
 }
 
 pub(super) fn listener(raw: RawListener, cx: &Context<'_>) -> Result<ListenerConfig, ConfigError> {
@@ -291,6 +295,8 @@ pub(super) fn listener(raw: RawListener, cx: &Context<'_>) -> Result<ListenerCon
                 .collect::<Result<_, _>>()?,
         }),
     };
+    let auth_mode = super::auth::listener_mode(raw.auth_mode.as_deref(), cx.auth, &key("auth_mode"), cx.at)?
+        .unwrap_or(cx.auth.mode);
     Ok(ListenerConfig {
         name: raw.name,
         address,
@@ -301,6 +307,7 @@ pub(super) fn listener(raw: RawListener, cx: &Context<'_>) -> Result<ListenerCon
         deny,
         limits,
         proxy_protocol,
+        auth_mode,
     })
 }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use toml::{Table, Value};
 
 use super::{
-    BackendAddress, BackendTlsMode, ClientTlsConfig, Config, GreetingMode, KeyGuardConfig, ListenAddress,
-    ListenerConfig, ProviderKind, SourceRule,
+    AuthConfig, BackendAddress, BackendTlsMode, ClientTlsConfig, Config, GreetingMode, JwksSource, KeyGuardConfig,
+    ListenAddress, ListenerConfig, ProviderKind, SecretSource, SourceRule,
 };
 
 /// Keys whose values are redacted if they are ever given inline.
@@ -87,6 +87,7 @@ fn listener(l: &ListenerConfig) -> Table {
         pp.insert("trusted".into(), Value::Array(p.trusted.iter().map(s).collect()));
         out.insert("proxy_protocol".into(), Value::Table(pp));
     }
+    out.insert("auth_mode".into(), s(l.auth_mode.as_str()));
     out.insert("tls".into(), Value::Table(tls(&l.tls)));
     out
 }
@@ -159,8 +160,63 @@ pub(super) fn effective(cfg: &Config) -> Table {
     if let Some(k) = &cfg.key_guard {
         root.insert("key_guard".into(), Value::Table(key_guard(k)));
     }
+    root.insert("auth".into(), Value::Table(auth(&cfg.auth)));
     redact(&mut root);
     root
+}
+
+fn secret(t: &mut Table, key: &str, src: &SecretSource) {
+    match src {
+        SecretSource::File(p) => t.insert(format!("{key}_file"), path(p)),
+        SecretSource::Env(v) => t.insert(format!("{key}_env"), s(v)),
+    };
+}
+
+fn auth(a: &AuthConfig) -> Table {
+    let mut out = Table::new();
+    out.insert("mode".into(), s(a.mode.as_str()));
+    let Some(e) = &a.entra else { return out };
+    let mut t = Table::new();
+    t.insert("tenant_id".into(), s(&e.tenant_id));
+    t.insert("audiences".into(), Value::Array(e.audiences.iter().map(s).collect()));
+    match &e.jwks {
+        JwksSource::Https { url, ca } => {
+            t.insert("jwks".into(), s(url));
+            if let Some(ca) = ca {
+                t.insert("jwks_ca".into(), path(ca));
+            }
+        }
+        JwksSource::File(p) => {
+            t.insert("jwks".into(), s(format!("file:{}", p.display())));
+        }
+    }
+    t.insert("clock_skew".into(), dur(e.clock_skew));
+    t.insert("on_token_expiry".into(), s(e.on_token_expiry.as_str()));
+    let principals = e.principals.iter().map(|p| {
+        let mut pt = Table::new();
+        pt.insert("login".into(), s(&p.login));
+        pt.insert("kind".into(), s(p.kind.as_str()));
+        pt.insert("object_id".into(), s(&p.object_id));
+        pt.insert("backend_user".into(), s(&p.backend_user));
+        secret(&mut pt, "backend_password", &p.backend_password);
+        pt.insert("admin".into(), Value::Boolean(p.admin));
+        Value::Table(pt)
+    });
+    t.insert("principal".into(), Value::Array(principals.collect()));
+    if let Some(g) = &e.graph {
+        let mut gt = Table::new();
+        gt.insert("client_id".into(), s(&g.client_id));
+        secret(&mut gt, "client_secret", &g.client_secret);
+        gt.insert("authority".into(), s(&g.authority));
+        gt.insert("endpoint".into(), s(&g.endpoint));
+        if let Some(ca) = &g.ca {
+            gt.insert("ca".into(), path(ca));
+        }
+        gt.insert("cache_ttl".into(), dur(g.cache_ttl));
+        t.insert("graph".into(), Value::Table(gt));
+    }
+    out.insert("entra".into(), Value::Table(t));
+    out
 }
 
 fn key_guard(k: &KeyGuardConfig) -> Table {

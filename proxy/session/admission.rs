@@ -14,6 +14,8 @@
 use std::net::IpAddr;
 use std::time::SystemTime;
 
+use crate::auth::entra::Entra;
+use crate::config::AuthMode;
 use crate::events::{ClientAddr, LoginKind};
 use crate::firewall::{LimitHit, Rules, Verdict};
 use crate::protocol::Capabilities;
@@ -33,6 +35,10 @@ pub struct Policy<'a> {
     pub draining: bool,
     /// The key breaker is inaccessible: since when the data-encryption key is unavailable.
     pub key_unavailable_since: Option<SystemTime>,
+    /// How clients log in on this listener.
+    pub auth_mode: AuthMode,
+    /// The Entra principal catalog, when `[auth.entra]` is configured.
+    pub entra: Option<&'a Entra>,
 }
 
 /// The client as flexgate knows it when deciding.
@@ -82,6 +88,9 @@ pub enum Request<'a> {
 pub enum AuthPath {
     /// The server checks the client's password: flexgate relays the exchange.
     Server,
+    /// The login name is an Entra principal: flexgate takes a token from the client,
+    /// validates it, and logs in to the server as the mapped account itself.
+    Token,
 }
 
 /// The outcome of a decision.
@@ -118,6 +127,11 @@ pub enum Denial {
     /// The key breaker is inaccessible: the server's data-encryption key has been unavailable
     /// since this time, past the grace period (ERR 3032).
     KeyUnavailable(SystemTime),
+    /// An Entra principal on a plaintext TCP connection: its token would travel in the clear
+    /// (ERR 1045).
+    TokenNeedsTls,
+    /// A login name that is not an Entra principal, in `entra` mode (ERR 1045).
+    PasswordDisabled,
 }
 
 impl Denial {
@@ -132,6 +146,8 @@ impl Denial {
             Self::UntrustedProxyHeader(_) => "untrusted_proxy_header",
             Self::ShuttingDown => "shutting_down",
             Self::KeyUnavailable(_) => "key_unavailable",
+            Self::TokenNeedsTls => "token_needs_tls",
+            Self::PasswordDisabled => "password_disabled",
         }
     }
 }
@@ -168,7 +184,16 @@ pub fn decide(policy: &Policy<'_>, request: &Request<'_>) -> Decision {
             if policy.greeting == GreetingMode::Flexgate && !caps.contains(Capabilities::PLUGIN_AUTH) {
                 return Decision::Refuse(Denial::NoPluginAuth);
             }
-            Decision::Authenticate(AuthPath::Server)
+            // The auth step: flexgate's catalog decides, never the plugin the client names.
+            let principal = policy.entra.is_some_and(|e| e.principal(claim.user).is_some());
+            match (policy.auth_mode, principal) {
+                (AuthMode::Password, _) | (AuthMode::Both, false) => Decision::Authenticate(AuthPath::Server),
+                (AuthMode::Entra, false) => Decision::Refuse(Denial::PasswordDisabled),
+                (_, true) if !peer.secure_transport() => Decision::Refuse(Denial::TokenNeedsTls),
+                // The token is asked for with an auth switch.
+                (_, true) if !caps.contains(Capabilities::PLUGIN_AUTH) => Decision::Refuse(Denial::NoPluginAuth),
+                (_, true) => Decision::Authenticate(AuthPath::Token),
+            }
         }
     }
 }
@@ -202,7 +227,15 @@ mod tests {
     }
 
     fn policy(rules: &Rules, require_secure_transport: bool, greeting: GreetingMode) -> Policy<'_> {
-        Policy { require_secure_transport, greeting, firewall: rules, draining: false, key_unavailable_since: None }
+        Policy {
+            require_secure_transport,
+            greeting,
+            firewall: rules,
+            draining: false,
+            key_unavailable_since: None,
+            auth_mode: AuthMode::Password,
+            entra: None,
+        }
     }
 
     fn login(caps: Capabilities) -> Claim<'static> {

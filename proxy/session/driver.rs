@@ -11,7 +11,7 @@ use tokio::time::timeout_at;
 use tracing::{debug, info, warn};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::admission::{self, Claim, Decision, Denial, GreetingMode, Peer, Request};
+use super::admission::{self, AuthPath, Claim, Decision, Denial, GreetingMode, Peer, Request};
 use super::auth::{AuthExchange, ClientVerdict, REQUEST_PUBLIC_KEY, ServerVerdict, Turn};
 use super::handshake::{self, Identity, NONCE_LEN};
 use super::relay::{Relay, RelayEnd, Side};
@@ -30,6 +30,10 @@ use crate::protocol::{
 use crate::proxy_protocol::{self, Header};
 use crate::registry::Registered;
 
+mod vouch;
+
+use vouch::CLEAR_PASSWORD;
+
 /// A server connection whose greeting has been read.
 struct Live {
     stream: BackendStream,
@@ -38,6 +42,8 @@ struct Live {
     thread_id: u32,
     /// The greeting's nonce: what a client greeted by the server scrambles with.
     nonce: Vec<u8>,
+    /// The greeting's auth plugin.
+    plugin: Vec<u8>,
 }
 
 /// What dialling the server gave.
@@ -60,6 +66,9 @@ enum Phase {
     Identified(Identified),
     /// The admission decision let the client through.
     Admitted(Identified),
+    /// The login name is an Entra principal: flexgate takes and checks its token, then logs in
+    /// to the server itself.
+    Vouching(Identified),
     /// The server has greeted and is about to receive the client's login.
     Connected(Connected),
     /// Done before the relay.
@@ -82,6 +91,9 @@ struct Identified {
     /// In flexgate mode the auth data was computed over flexgate's nonce, useless to the
     /// server, and is zeroed as soon as the response is parsed.
     raw: Option<Zeroizing<Vec<u8>>>,
+    /// A cleartext password in the response itself (`mysql_clear_password`): the token, if
+    /// the login name turns out to be an Entra principal.
+    cleartext: Option<Zeroizing<Vec<u8>>>,
 }
 
 struct Connected {
@@ -221,6 +233,10 @@ pub(super) struct Session<C> {
     plugin: Option<Vec<u8>>,
     /// The key breaker's trip count before the admission decision.
     key_trips: u64,
+    /// The Entra side of the last login or change-user attempt, for its event.
+    entra_login: Option<crate::events::EntraLogin>,
+    /// `on_token_expiry = "close-session"`: the token's `exp`, and when the session closes.
+    token_expiry: Option<(SystemTime, tokio::time::Instant)>,
 }
 
 impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
@@ -244,6 +260,8 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
             attempt: None,
             plugin: None,
             key_trips: 0,
+            entra_login: None,
+            token_expiry: None,
         }
     }
 
@@ -322,6 +340,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
                 Phase::Greeted(g) => self.identify(g).await?,
                 Phase::Identified(i) => self.admit(i)?,
                 Phase::Admitted(a) => self.connect(a).await?,
+                Phase::Vouching(v) => self.token_login(v).await?,
                 Phase::Connected(c) => self.login(c).await?,
                 Phase::Ended(e) => return Ok(e),
             };
@@ -443,6 +462,8 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         }
         let response = HandshakeResponse::parse(&self.buf).map_err(SessionError::ClientMalformed)?;
         let identity = Identity::from_response(&response);
+        let cleartext = (response.auth_plugin == Some(CLEAR_PASSWORD) && !response.auth_response.is_empty())
+            .then(|| Zeroizing::new(response.auth_response.to_vec()));
         self.who = Who::of(&identity);
         let raw = match self.ctx.greeting {
             GreetingMode::Server => Some(Zeroizing::new(std::mem::take(&mut self.buf))),
@@ -453,7 +474,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
                 None
             }
         };
-        Ok(Phase::Identified(Identified { promised: g.promised, backend: g.backend, identity, raw }))
+        Ok(Phase::Identified(Identified { promised: g.promised, backend: g.backend, identity, raw, cleartext }))
     }
 
     async fn accept_tls(&mut self) -> Result<(), SessionError> {
@@ -483,8 +504,9 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
             capabilities: i.identity.capabilities,
         };
         match admission::decide(&self.ctx.policy(), &Request::Login(self.peer_view(), claim)) {
-            Decision::Authenticate(_) => Ok(Phase::Admitted(i)),
-            Decision::Refuse(d) => Err(SessionError::Denied(d)),
+            Decision::Authenticate(AuthPath::Server) => Ok(Phase::Admitted(i)),
+            Decision::Authenticate(AuthPath::Token) => Ok(Phase::Vouching(i)),
+            Decision::Refuse(d) => Err(self.denied(d, &i.identity.user)),
             Decision::Greet => Err(self.backend_protocol("admission answered a login with a greeting".into())),
         }
     }
@@ -528,27 +550,9 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         let FirstLogin { forwarded, plugin, first_auth, nonce } = first;
         let client_tls = self.log.tls_version.is_some();
         let mut backend_seq: u8 = 1;
-        if self.ctx.backend.uses_tls() {
-            if !server_caps.contains(Capabilities::SSL) {
-                return Err(SessionError::BackendTls {
-                    backend: self.ctx.backend.label().to_owned(),
-                    detail: "the server does not offer TLS (CLIENT_SSL not in its greeting)".into(),
-                });
-            }
-            let caps = Capabilities(u32::from_le_bytes(
-                forwarded.get(..4).and_then(|b| b.try_into().ok()).unwrap_or_default(),
-            ));
-            let mut request = Vec::with_capacity(SSL_REQUEST_LEN);
-            SslRequest {
-                capabilities: caps,
-                max_packet_size: identity.max_packet_size,
-                charset: identity.charset,
-                mariadb_capabilities: identity.mariadb_capabilities,
-            }
-            .write(&mut request);
-            self.send_backend(&mut backend, &mut backend_seq, &request).await?;
-            backend = self.ctx.backend.upgrade(backend).await.map_err(|e| self.backend_error(e))?;
-        }
+        let caps =
+            Capabilities(u32::from_le_bytes(forwarded.get(..4).and_then(|b| b.try_into().ok()).unwrap_or_default()));
+        backend = self.secure_backend(backend, server_caps, caps, &identity, &mut backend_seq).await?;
         let exchange = AuthExchange::new(&plugin, &first_auth, nonce, client_tls, backend.leg())
             .map_err(SessionError::AuthRefused)?;
         drop(first_auth);
@@ -561,6 +565,37 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
             }
             Exchanged::Refused { code } => Ended::Denied { code },
         }))
+    }
+
+    /// With backend TLS configured: the SSLRequest (with the capabilities of the login that
+    /// follows) and the upgrade. Otherwise the stream as it is.
+    async fn secure_backend(
+        &mut self,
+        mut backend: BackendStream,
+        server_caps: Capabilities,
+        caps: Capabilities,
+        identity: &Identity,
+        backend_seq: &mut u8,
+    ) -> Result<BackendStream, SessionError> {
+        if !self.ctx.backend.uses_tls() {
+            return Ok(backend);
+        }
+        if !server_caps.contains(Capabilities::SSL) {
+            return Err(SessionError::BackendTls {
+                backend: self.ctx.backend.label().to_owned(),
+                detail: "the server does not offer TLS (CLIENT_SSL not in its greeting)".into(),
+            });
+        }
+        let mut request = Vec::with_capacity(SSL_REQUEST_LEN);
+        SslRequest {
+            capabilities: caps,
+            max_packet_size: identity.max_packet_size,
+            charset: identity.charset,
+            mariadb_capabilities: identity.mariadb_capabilities,
+        }
+        .write(&mut request);
+        self.send_backend(&mut backend, backend_seq, &request).await?;
+        self.ctx.backend.upgrade(backend).await.map_err(|e| self.backend_error(e))
     }
 
     /// Relays an auth exchange whose first packet the server has received.
@@ -647,10 +682,28 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         let mut key_watch = self.ctx.key.watch_session(self.key_trips);
         let result = loop {
             let Some(mut client) = self.client.take() else { break (Outcome::ClientClosed, None) };
-            let end = relay.run(&mut client, &mut backend, &lookup, &mut key_watch.closed()).await;
+            let mut closed = key_watch.closed();
+            let mut expiry = self.token_expiry.map(|(_, at)| Box::pin(tokio::time::sleep_until(at)));
+            // The key breaker, or the token's expiry: whichever comes first.
+            let mut interrupt = std::future::poll_fn(|cx| {
+                if std::pin::Pin::new(&mut closed).poll(cx).is_ready() {
+                    return std::task::Poll::Ready(());
+                }
+                match expiry.as_mut() {
+                    Some(sleep) => sleep.as_mut().poll(cx),
+                    None => std::task::Poll::Pending,
+                }
+            });
+            let end = relay.run(&mut client, &mut backend, &lookup, &mut interrupt).await;
             self.client = Some(client);
             match end {
-                RelayEnd::Interrupted => break self.close_for_key(&mut backend).await,
+                RelayEnd::Interrupted => match self.token_expiry {
+                    Some((exp, at)) if tokio::time::Instant::now() >= at => {
+                        self.close_for_expiry(&mut backend, exp).await;
+                        break (Outcome::ClosedTokenExpired, Some(codes::ACCESS_DENIED));
+                    }
+                    _ => break self.close_for_key(&mut backend).await,
+                },
                 RelayEnd::ChangeUser(payload) => {
                     self.input = relay.take_client_input();
                     if let Err(e) = self.change_user(&mut backend, payload).await {
@@ -702,11 +755,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         );
         let mut out = Vec::with_capacity(16 + message.len());
         write_err(&mut out, 1, codes::SERVER_OFFLINE_MODE, codes::STATE_GENERAL, &message, true);
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            backend.write_all(&[1, 0, 0, 0, 1]).await?;
-            backend.flush().await
-        })
-        .await;
+        quit_server(backend).await;
         self.send_last(&out).await;
         warn!(
             listener = %self.ctx.listener,
@@ -759,9 +808,11 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
             database: next.database.as_deref(),
             capabilities: caps,
         };
+        self.entra_login = None;
         match admission::decide(&self.ctx.policy(), &Request::Login(self.peer_view(), claim)) {
-            Decision::Authenticate(_) => {}
-            Decision::Refuse(d) => return Err(SessionError::Denied(d)),
+            Decision::Authenticate(AuthPath::Server) => {}
+            Decision::Authenticate(AuthPath::Token) => return self.change_user_token(backend, &cu, next).await,
+            Decision::Refuse(d) => return Err(self.denied(d, &next.user)),
             Decision::Greet => {
                 return Err(self.backend_protocol("admission answered a change-user with a greeting".into()));
             }
@@ -795,6 +846,8 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
                 self.who = who;
             }
             self.identity = Some(next);
+            // A password account: no token, no expiry.
+            self.token_expiry = None;
         }
         Ok(r)
     }
@@ -818,6 +871,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
             outcome,
             duration,
             at_connect: self.log.at_connect,
+            entra: self.entra_login.clone(),
         });
     }
 
@@ -1041,6 +1095,7 @@ async fn dial(
         mariadb_capabilities: g.mariadb_capabilities,
         thread_id: g.connection_id,
         nonce: g.nonce(),
+        plugin: g.auth_plugin.unwrap_or(b"mysql_native_password").to_vec(),
     }))
 }
 
@@ -1118,6 +1173,15 @@ fn proxied(peer: ClientAddr, local: Option<SocketAddr>) -> Option<(SocketAddr, S
         (ClientAddr::Tcp(client), Some(local)) => Some((client, local)),
         _ => None,
     }
+}
+
+/// Ends the server's side of a session flexgate closes: `COM_QUIT`, best effort and bounded.
+async fn quit_server(backend: &mut BackendStream) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        backend.write_all(&[1, 0, 0, 0, 1]).await?;
+        backend.flush().await
+    })
+    .await;
 }
 
 /// A packet with `payload` and sequence id `seq`.

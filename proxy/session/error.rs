@@ -118,6 +118,28 @@ pub enum SessionError {
     /// A trusted peer's PROXY protocol header was missing or malformed.
     #[error("bad PROXY protocol header from a trusted peer: {0}")]
     ProxyHeader(String),
+    /// flexgate refused an Entra login (or a password login in `entra` mode) for `user`.
+    #[error("Entra login refused for user {user}: {}", refused.reason)]
+    Entra {
+        /// The login name, loggable.
+        user: String,
+        /// Why, and whom the token named.
+        refused: Box<crate::auth::entra::Refused>,
+    },
+    /// flexgate's own login to the server as the mapped account failed.
+    #[error("login to backend {backend} as the mapped account {backend_user} failed: {detail}")]
+    MappedLogin {
+        /// The login name, loggable.
+        user: String,
+        /// The server account.
+        backend_user: String,
+        /// The server.
+        backend: String,
+        /// The server's error code, if it refused.
+        code: Option<u16>,
+        /// What happened.
+        detail: String,
+    },
 }
 
 /// An ERR packet flexgate sends on its own behalf.
@@ -255,6 +277,17 @@ impl SessionError {
                     httpdate::fmt_http_date(*since)
                 ),
             ),
+            Self::Denied(d @ (Denial::TokenNeedsTls | Denial::PasswordDisabled)) => r(
+                codes::ACCESS_DENIED,
+                codes::STATE_ACCESS,
+                format!(
+                    "Access denied: {}",
+                    match d {
+                        Denial::TokenNeedsTls => crate::auth::entra::EntraRefusal::NeedsTls,
+                        _ => crate::auth::entra::EntraRefusal::PasswordDisabled,
+                    }
+                ),
+            ),
             Self::Denied(Denial::TooManyConnections(hit)) => r(
                 codes::CON_COUNT_ERROR,
                 codes::STATE_AUTH_MODE,
@@ -263,6 +296,20 @@ impl SessionError {
             Self::ProxyHeader(detail) => {
                 r(codes::HANDSHAKE_ERROR, codes::STATE_COMM, format!("Bad handshake: {detail}"))
             }
+            Self::Entra { user, refused } => r(
+                codes::ACCESS_DENIED,
+                codes::STATE_ACCESS,
+                format!("Access denied for user '{user}': {}", refused.reason),
+            ),
+            Self::MappedLogin { user, .. } => r(
+                codes::ACCESS_DENIED,
+                codes::STATE_ACCESS,
+                format!(
+                    "Access denied for user '{user}': your token is valid, but flexgate could not log in to the \
+                     database server as the account it maps to; tell the operator (flexgate's log has the server's \
+                     answer)"
+                ),
+            ),
             Self::ClientTls(_) | Self::ClientGone(_) | Self::Timeout(_) => None,
         }
     }
@@ -276,8 +323,9 @@ impl SessionError {
             | Self::BackendLost { .. }
             | Self::BackendTls { .. }
             | Self::PasswordProtection { .. }
-            | Self::ServerChanged { .. } => Blame::Server,
-            Self::Denied(_) | Self::AuthRefused(_) => Blame::Policy,
+            | Self::ServerChanged { .. }
+            | Self::MappedLogin { .. } => Blame::Server,
+            Self::Denied(_) | Self::AuthRefused(_) | Self::Entra { .. } => Blame::Policy,
             Self::ClientMalformed(_)
             | Self::ClientTooLarge(_)
             | Self::ClientOutOfOrder { .. }
@@ -310,9 +358,12 @@ impl SessionError {
             Self::Denied(Denial::UntrustedProxyHeader(_)) | Self::ProxyHeader(_) => Outcome::ProxyHeaderRefused,
             Self::Denied(Denial::ShuttingDown) => Outcome::ShuttingDown,
             Self::Denied(Denial::KeyUnavailable(_)) => Outcome::KeyUnavailable,
+            Self::Denied(Denial::TokenNeedsTls | Denial::PasswordDisabled) => Outcome::EntraRefused,
             Self::ServerChanged { .. } => Outcome::ServerChanged,
             Self::AuthRefused(_) => Outcome::AuthRefused,
             Self::Timeout(_) => Outcome::HandshakeTimeout,
+            Self::Entra { .. } => Outcome::EntraRefused,
+            Self::MappedLogin { .. } => Outcome::MappedLoginFailed,
         }
     }
 }
@@ -351,6 +402,9 @@ impl SessionError {
             | Self::ProxyHeader(_) => LoginOutcome::ClientError,
             Self::ClientTls(_) => LoginOutcome::TlsFailed,
             Self::ClientGone(_) => LoginOutcome::ClientGone,
+            Self::Entra { refused, .. } => LoginOutcome::Refused { reason: refused.reason.as_str(), code: self.code() },
+            Self::MappedLogin { code: Some(code), .. } => LoginOutcome::ServerRefused { code: *code },
+            Self::MappedLogin { code: None, .. } => LoginOutcome::ServerError,
         }
     }
 

@@ -130,6 +130,36 @@ pub(crate) fn server_response(
     live_mariadb: MariaDbCapabilities,
     backend_tls: bool,
 ) -> Result<Vec<u8>, Mismatch> {
+    let login = As { user: &id.user, plugin: FORCE_SWITCH_PLUGIN, auth: &[] };
+    response_as(id, promised, live_caps, live_mariadb, backend_tls, &login)
+}
+
+/// The capabilities of what the server receives: the client's that the live server offers,
+/// with `CLIENT_SSL` describing the server leg.
+pub(crate) fn response_capabilities(id: &Identity, live_caps: Capabilities, backend_tls: bool) -> Capabilities {
+    // The client's own CLIENT_MYSQL bit says whether it sends MariaDB's extended word.
+    let caps = id.capabilities.intersect(live_caps.with(Capabilities::CLIENT_MYSQL));
+    policy::backend_capabilities(caps, backend_tls)
+}
+
+/// Who flexgate logs in as, when it is not the client's own account: an Entra principal's
+/// server account, with auth data flexgate computed from the secret it holds.
+pub(crate) struct As<'a> {
+    pub(crate) user: &'a [u8],
+    pub(crate) plugin: &'a [u8],
+    pub(crate) auth: &'a [u8],
+}
+
+/// [`server_response`] for another account: the client's schema, collation, capabilities and
+/// connection attributes, with `login`'s account, plugin and auth data.
+pub(crate) fn response_as(
+    id: &Identity,
+    promised: Capabilities,
+    live_caps: Capabilities,
+    live_mariadb: MariaDbCapabilities,
+    backend_tls: bool,
+    login: &As<'_>,
+) -> Result<Vec<u8>, Mismatch> {
     // Clients may set bits nobody offered (CLIENT_REMEMBER_OPTIONS, say); only what the
     // greeting promised and the client took must still hold.
     let used = id.capabilities.intersect(promised).without(PER_LEG);
@@ -137,21 +167,19 @@ pub(crate) fn server_response(
     if missing.0 != 0 {
         return Err(Mismatch { missing });
     }
-    // The client's own CLIENT_MYSQL bit says whether it sends MariaDB's extended word.
-    let caps = id.capabilities.intersect(live_caps.with(Capabilities::CLIENT_MYSQL));
-    let caps = policy::backend_capabilities(caps, backend_tls);
+    let caps = response_capabilities(id, live_caps, backend_tls);
     let r = HandshakeResponse {
         capabilities: caps,
         max_packet_size: id.max_packet_size,
         charset: id.charset,
         mariadb_capabilities: MariaDbCapabilities(id.mariadb_capabilities.0 & live_mariadb.0),
-        username: &id.user,
-        auth_response: &[],
+        username: login.user,
+        auth_response: login.auth,
         database: id.database.as_deref(),
-        auth_plugin: Some(FORCE_SWITCH_PLUGIN),
+        auth_plugin: Some(login.plugin),
         connect_attrs: id.attrs.as_deref(),
     };
-    let mut out = Vec::with_capacity(64 + id.user.len() + id.attrs.as_ref().map_or(0, Vec::len));
+    let mut out = Vec::with_capacity(96 + login.user.len() + id.attrs.as_ref().map_or(0, Vec::len));
     r.write(&mut out);
     Ok(out)
 }
@@ -159,7 +187,14 @@ pub(crate) fn server_response(
 /// The change-user the server receives: the client's, without auth data and with the
 /// forced-switch plugin name, for the same reason as at login.
 pub(crate) fn server_change_user(cu: &ChangeUser<'_>, caps: Capabilities) -> Vec<u8> {
+    change_user_as(cu, caps, cu.username)
+}
+
+/// [`server_change_user`] to another account (an Entra principal's server account): the
+/// server answers with a switch to that account's plugin, which flexgate follows itself.
+pub(crate) fn change_user_as(cu: &ChangeUser<'_>, caps: Capabilities, user: &[u8]) -> Vec<u8> {
     let forwarded = ChangeUser {
+        username: user,
         auth_response: &[],
         auth_plugin: Some(FORCE_SWITCH_PLUGIN),
         charset: Some(cu.charset.unwrap_or(0x2d)),

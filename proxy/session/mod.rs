@@ -97,6 +97,10 @@ pub struct ListenerContext {
     pub draining: tokio_util::sync::CancellationToken,
     /// The key breaker's verdict.
     pub key: Arc<crate::breaker::KeyGate>,
+    /// How clients log in on this listener.
+    pub auth_mode: crate::config::AuthMode,
+    /// Entra token logins, when `[auth.entra]` is configured.
+    pub entra: Option<Arc<crate::auth::entra::Entra>>,
 }
 
 impl ListenerContext {
@@ -108,6 +112,8 @@ impl ListenerContext {
             firewall: &self.firewall,
             draining: self.draining.is_cancelled(),
             key_unavailable_since: self.key.refusing_since(),
+            auth_mode: self.auth_mode,
+            entra: self.entra.as_deref(),
         }
     }
 }
@@ -126,6 +132,7 @@ impl std::fmt::Debug for ListenerContext {
             .field("proxy_protocol", &self.proxy_protocol.is_some())
             .field("generation", &self.generation)
             .field("backend", &self.backend)
+            .field("auth_mode", &self.auth_mode)
             .finish_non_exhaustive()
     }
 }

@@ -107,6 +107,8 @@ fn listener(l: Listener, backend: SocketAddr) -> Arc<ListenerContext> {
         dials: Arc::default(),
         draining: Default::default(),
         key: Arc::default(),
+        auth_mode: Default::default(),
+        entra: None,
     })
 }
 
