@@ -262,3 +262,77 @@ fn key_guard_mistakes_name_their_key() {
         assert!(e.problem.contains(says), "{extra}: {e}");
     }
 }
+
+const ENTRA: &str = r#"
+[auth]
+mode = "both"
+[auth.entra]
+tenant_id = "72F988BF-86F1-41AF-91AB-2D7CD011DB47"
+[[auth.entra.principal]]
+login = "alice@contoso.com"
+kind = "user"
+object_id = "9a3b7c2e-1f4d-4e6a-8b5c-0d2e4f6a8b1c"
+backend_user = "alice"
+backend_password_file = "ca.pem"
+admin = true
+"#;
+
+#[test]
+fn auth_gets_its_defaults_and_a_listener_may_override_the_mode() {
+    let f = Fixture::new();
+    let c = f.parse(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.auth.mode, AuthMode::Password);
+    assert_eq!(c.listeners[0].auth_mode, AuthMode::Password);
+    let text = format!("{MINIMAL}auth_mode = \"password\"\n{ENTRA}");
+    let c = f.parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.auth.mode, AuthMode::Both);
+    assert_eq!(c.listeners[0].auth_mode, AuthMode::Password, "the listener's own mode wins");
+    let e = c.auth.entra.as_ref().unwrap_or_else(|| panic!("no [auth.entra]"));
+    assert_eq!(e.tenant_id, "72f988bf-86f1-41af-91ab-2d7cd011db47", "GUIDs are lower-cased");
+    assert_eq!(e.audiences, [DEFAULT_AUDIENCE]);
+    assert_eq!(
+        e.jwks,
+        JwksSource::Https {
+            url: "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/discovery/v2.0/keys".into(),
+            ca: None
+        }
+    );
+    assert_eq!(e.clock_skew, DEFAULT_CLOCK_SKEW);
+    assert_eq!(e.on_token_expiry, OnTokenExpiry::KeepSession);
+    assert!(matches!(e.principals[0].backend_password, SecretSource::File(_)));
+    // The effective config names the secret's file, never a secret.
+    let printed = c.effective_toml();
+    assert!(printed.contains("backend_password_file") || printed.contains("<redacted>"), "{printed}");
+    // A secret file is watched, so that a rotated password is re-read.
+    assert!(c.referenced_files().iter().any(|p| p.ends_with("ca.pem")));
+}
+
+#[test]
+fn auth_mistakes_name_their_key() {
+    let f = Fixture::new();
+    let second_admin = "[[auth.entra.principal]]\nlogin = \"dbas\"\nkind = \"group\"\n\
+                        object_id = \"5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9\"\nbackend_user = \"dba\"\n\
+                        backend_password_env = \"DBA_PW\"\nadmin = true\n";
+    for (extra, key, says) in [
+        (second_admin.to_owned(), "auth.entra.principal[1].admin", "at most one"),
+        (
+            ENTRA.replace("\"ca.pem\"", "\"missing-secret\""),
+            "auth.entra.principal[0].backend_password_file",
+            "missing-secret",
+        ),
+        (ENTRA.replace("9a3b7c2e-1f4d-4e6a-8b5c-0d2e4f6a8b1c", "alice"), "auth.entra.principal[0].object_id", "GUID"),
+        (ENTRA.replace("kind = \"user\"", "kind = \"robot\""), "auth.entra.principal[0].kind", "robot"),
+        (ENTRA.replace("mode = \"both\"", "mode = \"sometimes\""), "auth.mode", "sometimes"),
+    ] {
+        let text =
+            if key.ends_with("[1].admin") { format!("{MINIMAL}{ENTRA}{extra}") } else { format!("{MINIMAL}{extra}") };
+        let err = f.parse(&text).err().unwrap_or_else(|| panic!("{key}: accepted"));
+        assert_eq!(err.key, key, "{err}");
+        assert!(err.problem.contains(says), "{key}: {err}");
+    }
+    // entra mode without [auth.entra], on the whole server or on a listener.
+    let err = f.parse(&format!("{MINIMAL}[auth]\nmode = \"entra\"\n")).err().unwrap_or_else(|| panic!("accepted"));
+    assert_eq!(err.key, "auth.mode");
+    let err = f.parse(&format!("{MINIMAL}auth_mode = \"entra\"\n")).err().unwrap_or_else(|| panic!("accepted"));
+    assert_eq!(err.key, "listener[0].auth_mode");
+}

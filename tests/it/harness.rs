@@ -350,8 +350,13 @@ pub const MANY_PREAUTH: &str = "allow = [\"127.0.0.0/8\", \"::1\"]\nmax_preauth_
 
 impl ProxyConfig {
     pub fn to(db: &MariaDb) -> Self {
+        Self::to_addr(db.addr())
+    }
+
+    /// The same defaults in front of another server (a scripted peer).
+    pub fn to_addr(backend: String) -> Self {
         Self {
-            backend: db.addr(),
+            backend,
             min_version: "1.2",
             require_secure_transport: true,
             handshake_timeout: "10s",

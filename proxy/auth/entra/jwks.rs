@@ -125,7 +125,11 @@ impl JwksStore {
     /// Fetches at startup, so that the first login does not wait for it.
     pub async fn prefetch(self: Arc<Self>) {
         if matches!(self.source, JwksSource::Https { .. }) && self.keys().is_empty() {
-            let _ = self.forced_refresh().await;
+            // Under the lock, so that a login meanwhile waits for this fetch rather than
+            // making its own; not counted as a forced refresh, so a rotation right after
+            // startup is still fetched.
+            let _last = self.forced.lock().await;
+            let _ = self.fetch_and_store().await;
         }
     }
 

@@ -174,12 +174,12 @@ impl EntraMetrics {
     pub fn register(metrics: &Metrics) -> Self {
         let m = Self { logins: Family::default(), jwks_fetches: Family::default(), jwks_keys: Gauge::default() };
         metrics.register(
-            "flexgate_entra_logins",
+            "entra_logins",
             "Microsoft Entra token logins and change-users, by result (ok, or the refusal reason)",
             m.logins.clone(),
         );
         metrics.register(
-            "flexgate_entra_jwks_fetches",
+            "entra_jwks_fetches",
             "Fetches of the Entra signing key set, by result (ok, error, throttled)",
             m.jwks_fetches.clone(),
         );
