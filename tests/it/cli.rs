@@ -39,12 +39,14 @@ async fn every_example_config_passes_check_config() {
     let o = run(mk).await;
     assert!(o.status.success(), "make-dev-certs.sh failed: {}", stderr(&o));
 
-    // The IP-set files that the examples name.
-    std::fs::create_dir_all(config.join("ipsets")).unwrap_or_else(|e| panic!("{e}"));
-    for entry in std::fs::read_dir(repo().join("config/ipsets")).unwrap_or_else(|e| panic!("{e}")) {
-        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
-        std::fs::copy(&path, config.join("ipsets").join(path.file_name().unwrap_or_default()))
-            .unwrap_or_else(|e| panic!("{e}"));
+    // The files that the examples name: IP sets, placeholder secrets.
+    for dir in ["ipsets", "secrets"] {
+        std::fs::create_dir_all(config.join(dir)).unwrap_or_else(|e| panic!("{e}"));
+        for entry in std::fs::read_dir(repo().join("config").join(dir)).unwrap_or_else(|e| panic!("{e}")) {
+            let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+            std::fs::copy(&path, config.join(dir).join(path.file_name().unwrap_or_default()))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
     }
     let mut checked = 0;
     for entry in std::fs::read_dir(repo().join("config")).unwrap_or_else(|e| panic!("{e}")) {
@@ -63,7 +65,7 @@ async fn every_example_config_passes_check_config() {
         assert!(!stderr(&o).contains("refuses every connection"), "{}: {}", path.display(), stderr(&o));
         checked += 1;
     }
-    assert!(checked >= 7, "expected the example configs, found {checked}");
+    assert!(checked >= 9, "expected the example configs, found {checked}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

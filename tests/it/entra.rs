@@ -275,12 +275,15 @@ async fn mode_matrix() {
     let signer = Signer::new("key-1");
     jwks.set_keys(vec![signer.jwk()]);
     let listeners = "[[listener]]\nname = \"entra\"\naddress = \"127.0.0.1:0\"\nauth_mode = \"entra\"\nallow = [\"127.0.0.0/8\"]\n\
-                     [[listener]]\nname = \"password\"\naddress = \"127.0.0.1:0\"\nauth_mode = \"password\"\nallow = [\"127.0.0.0/8\"]\n";
+                     [[listener]]\nname = \"password\"\naddress = \"127.0.0.1:0\"\nauth_mode = \"password\"\nallow = [\"127.0.0.0/8\"]\n\
+                     [[listener]]\nname = \"server-greeting\"\naddress = \"127.0.0.1:0\"\nauth_mode = \"entra\"\ngreeting = \"server\"\nallow = [\"127.0.0.0/8\"]\n";
     let auth = auth_toml("both", &https_jwks(&jwks, certs), certs, &a, "");
     let proxy = start(db, certs, &format!("{listeners}{auth}")).await;
     let port = |name: &str| proxy.addrs.iter().find(|(n, _)| n == name).map_or(0, |(_, a)| a.port());
     let token = alice(&signer);
-    for (listener, pw_ok, token_ok) in [("test", true, true), ("entra", false, true), ("password", true, false)] {
+    for (listener, pw_ok, token_ok) in
+        [("test", true, true), ("entra", false, true), ("password", true, false), ("server-greeting", false, true)]
+    {
         let p = port(listener);
         let out = py_login(p, &user, PASSWORD, certs).await;
         if pw_ok {
@@ -322,6 +325,54 @@ async fn key_rotation_is_picked_up_and_refreshes_are_throttled() {
     assert_eq!(metric(&proxy, "flexgate_entra_jwks_fetches_total{result=\"throttled\"}").await, 1.0);
     // The set in use still holds both keys it had.
     assert_eq!(py_login(proxy.port(), "alice@contoso.com", &alice(&old), certs).await, user_of(&a.alice));
+}
+
+/// An outage of the key endpoint: the fetch for an unknown `kid` fails, and the set in use
+/// stays, so tokens signed with its keys keep working.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_fetch_keeps_the_last_good_key_set() {
+    let db = mariadb();
+    let certs = &db.certs;
+    let Setup { a, jwks, signer, proxy } = setup(db, "entra", "key-1", "").await;
+    assert_eq!(py_login(proxy.port(), "alice@contoso.com", &alice(&signer), certs).await, user_of(&a.alice));
+    assert_eq!(jwks.hits(), 1);
+    jwks.fail(true);
+    let other = Signer::new("key-2");
+    jwks.set_keys(vec![signer.jwk(), other.jwk()]);
+    let out = py_login(proxy.port(), "alice@contoso.com", &alice(&other), certs).await;
+    assert!(out.contains("signing key"), "{out}");
+    assert_eq!(jwks.hits(), 2, "one fetch was tried");
+    assert_eq!(metric(&proxy, "flexgate_entra_jwks_fetches_total{result=\"error\"}").await, 1.0);
+    assert_eq!(metric(&proxy, "flexgate_entra_jwks_keys").await, 1.0, "the last good set is kept");
+    assert_eq!(py_login(proxy.port(), "alice@contoso.com", &alice(&signer), certs).await, user_of(&a.alice));
+}
+
+/// A rotated server password: the mapped login fails until the secret file has the new one,
+/// which reloads flexgate without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_backend_secret_is_reread() {
+    let db = mariadb();
+    let certs = &db.certs;
+    let Setup { a, jwks: _jwks, signer, proxy } = setup(db, "entra", "key-1", "").await;
+    let token = alice(&signer);
+    assert_eq!(py_login(proxy.port(), "alice@contoso.com", &token, certs).await, user_of(&a.alice));
+    db.root_sql(&format!("ALTER USER '{}'@'%' IDENTIFIED BY 'rotated-secret-5'", a.alice));
+    let out = py_login(proxy.port(), "alice@contoso.com", &token, certs).await;
+    assert!(out.starts_with("ERR 1045") && out.contains("the account it maps to"), "{out}");
+    assert!(!out.contains(&a.alice), "the server account is not the client's business: {out}");
+    let text = std::fs::read_to_string(&proxy.config).unwrap_or_else(|e| panic!("{e}"));
+    let secret = text
+        .lines()
+        .find_map(|l| l.strip_prefix("backend_password_file = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no secret file in {text}"));
+    let tmp = format!("{secret}.tmp");
+    std::fs::write(&tmp, "rotated-secret-5\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::rename(&tmp, secret).unwrap_or_else(|e| panic!("{e}"));
+    eventually_async("the rotated secret to be used", || async {
+        py_login(proxy.port(), "alice@contoso.com", &token, certs).await == user_of(&a.alice)
+    })
+    .await;
 }
 
 /// A key set from a file, re-read on reload.
@@ -473,8 +524,10 @@ async fn close_session_at_token_expiry() {
     assert!(err.contains("expired"), "{err}");
 }
 
-/// caching_sha2_password accounts (MySQL 8) behind flexgate: fast path, and full
-/// authentication with the password encrypted to the server's RSA key over plain TCP.
+/// caching_sha2_password accounts (MySQL 8) behind flexgate: the fast path; full
+/// authentication with the password encrypted to the server's RSA key over plain TCP; and
+/// full authentication over backend TLS, where the password itself is sent. The client's
+/// database and connection attributes reach the server.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_logs_in_to_a_caching_sha2_account_fast_and_full() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -482,8 +535,16 @@ async fn a_token_logs_in_to_a_caching_sha2_account_fast_and_full() {
     let jwks = JwksServer::start(certs).await;
     let signer = Signer::new("key-1");
     jwks.set_keys(vec![signer.jwk()]);
-    for mode in [Sha2Mode::Fast, Sha2Mode::Full] {
-        let peer = Mysql8Peer::start("alice_db", "sha2-secret", mode).await;
+    for (mode, tls, path) in [
+        (Sha2Mode::Fast, false, AuthPath::Fast),
+        (Sha2Mode::Full, false, AuthPath::FullRsa),
+        (Sha2Mode::Full, true, AuthPath::FullCleartext),
+    ] {
+        let peer = if tls {
+            Mysql8Peer::start_tls("alice_db", "sha2-secret", mode, certs).await
+        } else {
+            Mysql8Peer::start("alice_db", "sha2-secret", mode).await
+        };
         let pw = write_secret(&certs.dir, &unique("sha2"), "sha2-secret");
         let auth = format!(
             "[auth]\nmode = \"entra\"\n[auth.entra]\ntenant_id = \"{TENANT}\"\n{}\n\
@@ -492,16 +553,25 @@ async fn a_token_logs_in_to_a_caching_sha2_account_fast_and_full() {
             https_jwks(&jwks, certs),
             pw.display()
         );
-        let proxy = ProxyConfig::to_addr(peer.addr()).extra(&auth).start(certs).await;
-        let out = py_login(proxy.port(), "alice@contoso.com", &alice(&signer), certs).await;
-        assert_eq!(out, "alice_db", "{mode:?}");
+        let backend_tls = tls.then(|| "mode = \"required\"".to_owned());
+        let proxy = ProxyConfig { backend_tls, ..ProxyConfig::to_addr(peer.addr()) }.extra(&auth).start(certs).await;
+        let out = pymysql(
+            proxy.port(),
+            "alice@contoso.com",
+            "shop",
+            &alice(&signer),
+            certs,
+            "c = pymysql.connect(host=host, port=port, user=user, password=pw, database=db, ssl={'ca': ca}, \
+             program_name='entra-test')\ncur = c.cursor()\ncur.execute('SELECT CURRENT_USER()')\nprint(cur.fetchone()[0])",
+        )
+        .await;
+        assert_eq!(out.trim(), "alice_db", "{mode:?} tls={tls}");
         let logins = peer.logins();
         let l = logins.iter().find(|l| l.accepted).unwrap_or_else(|| panic!("{mode:?}: {logins:?}"));
-        assert_eq!(l.user, "alice_db");
-        match mode {
-            Sha2Mode::Fast => assert!(l.scramble_ok && l.path == AuthPath::Fast, "{l:?}"),
-            _ => assert!(l.password_ok && l.path == AuthPath::FullRsa, "{l:?}"),
-        }
+        assert_eq!((l.user.as_str(), l.path, l.tls), ("alice_db", path, tls), "{l:?}");
+        assert!(if path == AuthPath::Fast { l.scramble_ok } else { l.password_ok }, "{l:?}");
+        assert_eq!(l.database.as_deref(), Some("shop"));
+        assert!(l.attrs.iter().any(|(k, v)| k == "program_name" && v == "entra-test"), "{:?}", l.attrs);
     }
 }
 

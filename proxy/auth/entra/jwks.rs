@@ -137,7 +137,9 @@ impl JwksStore {
     /// background if it is due.
     pub fn current(self: &Arc<Self>) -> Arc<KeySet> {
         let loaded = self.loaded.load();
+        // An empty set is the forced refresh's to fill (a login needs it now).
         if Instant::now() >= loaded.due
+            && !loaded.keys.is_empty()
             && matches!(self.source, JwksSource::Https { .. })
             && !self.routine.swap(true, std::sync::atomic::Ordering::AcqRel)
         {
@@ -150,13 +152,17 @@ impl JwksStore {
         loaded.keys.clone()
     }
 
-    /// A token named a `kid` the set lacks: fetch now, unless a forced fetch ran too recently.
-    /// Returns the set to retry with.
-    pub async fn forced_refresh(&self) -> Arc<KeySet> {
+    /// A token named `kid`, which the set lacks: fetch now, unless a forced fetch ran too
+    /// recently. Returns the set to retry with.
+    pub async fn forced_refresh(&self, kid: &str) -> Arc<KeySet> {
         if !matches!(self.source, JwksSource::Https { .. }) {
             return self.keys();
         }
         let mut last = self.forced.lock().await;
+        // Another login's fetch (or the startup one) may have brought it while this one waited.
+        if self.keys().contains(kid) {
+            return self.keys();
+        }
         let min = if self.keys().is_empty() { BOOTSTRAP_MIN } else { FORCED_MIN };
         if last.is_some_and(|t| t.elapsed() < min) {
             self.metrics.jwks_fetch("throttled");

@@ -183,11 +183,7 @@ impl EntraMetrics {
             "Fetches of the Entra signing key set, by result (ok, error, throttled)",
             m.jwks_fetches.clone(),
         );
-        metrics.register(
-            "flexgate_entra_jwks_keys",
-            "Signing keys in the Entra key set now in use",
-            m.jwks_keys.clone(),
-        );
+        metrics.register("entra_jwks_keys", "Signing keys in the Entra key set now in use", m.jwks_keys.clone());
         m
     }
 
@@ -287,9 +283,9 @@ impl Entra {
     ) -> Result<Accepted, Refused> {
         let keys = self.jwks.current();
         let verified = match token::validate(token, &keys, &self.rules, now) {
-            Err(Rejected { error: TokenError::UnknownKey(_), .. }) => {
+            Err(Rejected { error: TokenError::UnknownKey(kid), .. }) => {
                 // A rotated key: fetch the set again (throttled), then retry once.
-                let keys = self.jwks.forced_refresh().await;
+                let keys = self.jwks.forced_refresh(&kid).await;
                 token::validate(token, &keys, &self.rules, now)
             }
             other => other,

@@ -229,11 +229,6 @@ struct Claims {
     claim_names: Option<serde_json::Value>,
 }
 
-/// The token's `kid`, read from its header without any trust: to ask for a key set refresh.
-pub fn key_id(token: &[u8]) -> Option<String> {
-    header(token).ok().and_then(|h| h.kid)
-}
-
 fn header(token: &[u8]) -> Result<Header, TokenError> {
     let first = token.split(|b| *b == b'.').next().ok_or(TokenError::Malformed)?;
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(first).map_err(|_| TokenError::Malformed)?;
