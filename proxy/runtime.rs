@@ -172,16 +172,17 @@ impl Shared {
         gates.entry(listener.to_owned()).or_default().clone()
     }
 
-    /// The key store for `source`: the running one if it serves the same HTTPS source (its
-    /// cache survives the reload), else a new one (a file source is re-read), with `true`.
+    /// The key store for `source`: the running one if it serves the same HTTPS source with the
+    /// system roots (its cache survives the reload), else a new one, with `true`. A file source
+    /// is re-read, and a source with its own CA gets a client built from the CA file as it is
+    /// now: a reload may be that file's rotation.
     fn jwks_store(
         &self,
         source: &crate::config::JwksSource,
     ) -> Result<(Arc<crate::auth::entra::JwksStore>, bool), crate::auth::entra::JwksError> {
         let mut held = self.jwks.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(store) =
-            held.as_ref().filter(|s| s.source() == source && matches!(source, crate::config::JwksSource::Https { .. }))
-        {
+        let reusable = matches!(source, crate::config::JwksSource::Https { ca: None, .. });
+        if let Some(store) = held.as_ref().filter(|s| reusable && s.source() == source) {
             return Ok((store.clone(), false));
         }
         let store = Arc::new(crate::auth::entra::JwksStore::new(source, self.entra_metrics.clone())?);

@@ -29,8 +29,9 @@ const CLEAR: &[u8] = b"mysql_clear_password";
 /// with room to spare. A server asking for more is not one flexgate should keep answering.
 const MAX_ROUNDS: u8 = 8;
 
-/// What to do after a server packet.
-#[derive(Debug, PartialEq, Eq)]
+/// What to do after a server packet. `Debug` does not show what `Send` holds: it may be the
+/// password itself.
+#[derive(PartialEq, Eq)]
 pub enum Step {
     /// Send this to the server, then read its next packet.
     Send(Zeroizing<Vec<u8>>),
@@ -45,6 +46,19 @@ pub enum Step {
         /// Its message (names the server account, never the password).
         message: String,
     },
+}
+
+impl std::fmt::Debug for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Send(p) => write!(f, "Send({} bytes)", p.len()),
+            Self::Read => f.write_str("Read"),
+            Self::Done => f.write_str("Done"),
+            Self::Refused { code, message } => {
+                f.debug_struct("Refused").field("code", code).field("message", message).finish()
+            }
+        }
+    }
 }
 
 /// Why flexgate could not complete the login.
@@ -63,6 +77,13 @@ pub enum LoginError {
     /// The exchange made no sense.
     #[error("unexpected packet in the login exchange: {0}")]
     Protocol(String),
+    /// Full authentication over a plaintext network leg: the server's RSA key would come
+    /// over the same unauthenticated connection, so whoever sits on it could send its own key
+    /// and read the password.
+    #[error(
+        "the server asked for full caching_sha2_password authentication over an unencrypted network connection; enable [backend.tls] (or use a Unix socket) so that flexgate can send the held password safely"
+    )]
+    FullAuthOverNetwork,
     /// The RSA key was unusable.
     #[error("cannot encrypt the password to the server's RSA key: {0}")]
     Rsa(String),
@@ -161,11 +182,14 @@ impl<'a> BackendLogin<'a> {
             }
             AuthPacket::MoreData([0x03]) if self.plugin == SHA2 => Ok(Step::Read),
             AuthPacket::MoreData([0x04]) if self.plugin == SHA2 => {
-                if self.leg == BackendLeg::Secure {
-                    Ok(Step::Send(with_nul(self.secret.expose())))
-                } else {
-                    self.awaiting_key = true;
-                    Ok(Step::Send(Zeroizing::new(vec![0x02])))
+                match self.leg {
+                    BackendLeg::Secure => Ok(Step::Send(with_nul(self.secret.expose()))),
+                    // On loopback nobody can sit between flexgate and the server.
+                    BackendLeg::PlainLoopback => {
+                        self.awaiting_key = true;
+                        Ok(Step::Send(Zeroizing::new(vec![0x02])))
+                    }
+                    BackendLeg::PlainNetwork => Err(LoginError::FullAuthOverNetwork),
                 }
             }
             // MariaDB sends the ed25519 nonce raw when the client already named the plugin.
@@ -248,8 +272,11 @@ mod tests {
         let s = secret("pw");
         let (mut x, _, _) = BackendLogin::start(&s, SHA2, &NONCE, BackendLeg::Secure);
         assert_eq!(x.on_server(&[1, 4]), Ok(Step::Send(Zeroizing::new(b"pw\0".to_vec()))));
+        let (mut x, _, _) = BackendLogin::start(&s, SHA2, &NONCE, BackendLeg::PlainNetwork);
+        assert_eq!(x.on_server(&[1, 4]), Err(LoginError::FullAuthOverNetwork));
         let (mut x, _, _) = BackendLogin::start(&s, SHA2, &NONCE, BackendLeg::PlainLoopback);
         assert_eq!(x.on_server(&[1, 4]), Ok(Step::Send(Zeroizing::new(vec![2]))));
+        assert!(!format!("{:?}", Step::Send(Zeroizing::new(b"pw".to_vec()))).contains("pw"), "Debug hides the bytes");
         // A key that is not a key is an error, not a panic.
         let mut key = vec![1];
         key.extend_from_slice(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n");
@@ -265,7 +292,7 @@ mod tests {
         let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der.as_ref());
         let pem = format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n");
         let s = secret("hunter2");
-        let (mut x, _, _) = BackendLogin::start(&s, SHA2, &NONCE, BackendLeg::PlainNetwork);
+        let (mut x, _, _) = BackendLogin::start(&s, SHA2, &NONCE, BackendLeg::PlainLoopback);
         x.on_server(&[1, 4]).unwrap_or_else(|e| panic!("{e}"));
         let mut more = vec![1];
         more.extend_from_slice(pem.as_bytes());

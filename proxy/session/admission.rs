@@ -188,8 +188,10 @@ pub fn decide(policy: &Policy<'_>, request: &Request<'_>) -> Decision {
             let principal = policy.entra.is_some_and(|e| e.principal(claim.user).is_some());
             match (policy.auth_mode, principal) {
                 (AuthMode::Password, _) | (AuthMode::Both, false) => Decision::Authenticate(AuthPath::Server),
+                // On plaintext every name gets the same answer in `entra` mode, so that the
+                // refusal does not tell which names are principals.
+                (AuthMode::Entra, _) | (_, true) if !peer.secure_transport() => Decision::Refuse(Denial::TokenNeedsTls),
                 (AuthMode::Entra, false) => Decision::Refuse(Denial::PasswordDisabled),
-                (_, true) if !peer.secure_transport() => Decision::Refuse(Denial::TokenNeedsTls),
                 // The token is asked for with an auth switch.
                 (_, true) if !caps.contains(Capabilities::PLUGIN_AUTH) => Decision::Refuse(Denial::NoPluginAuth),
                 (_, true) => Decision::Authenticate(AuthPath::Token),

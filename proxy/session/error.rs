@@ -301,6 +301,11 @@ impl SessionError {
                 codes::STATE_ACCESS,
                 format!("Access denied for user '{user}': {}", refused.reason),
             ),
+            // The mapped account's own refusals that the user can act on (an unknown or
+            // forbidden database, a resource limit) pass through with the server's message.
+            Self::MappedLogin { code: Some(code), detail, .. } if *code != codes::ACCESS_DENIED => {
+                r(*code, codes::STATE_GENERAL, detail.clone())
+            }
             Self::MappedLogin { user, .. } => r(
                 codes::ACCESS_DENIED,
                 codes::STATE_ACCESS,

@@ -964,7 +964,8 @@ impl Mysql8Peer {
         self.port
     }
 
-    /// Logins so far, in the order they finished.
+    /// Logins so far, in the order they finished. A refused login is recorded just after its
+    /// ERR is sent, so a client may see the ERR first: wait for the count.
     pub fn logins(&self) -> Vec<PeerLogin> {
         lock(&self.shared.logins).clone()
     }

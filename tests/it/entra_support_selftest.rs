@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use crate::entra_support::*;
-use crate::harness::{Certs, make_certs_named, read_packet};
+use crate::harness::{Certs, eventually, make_certs_named, read_packet};
 
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const OID: &str = "5b2b0f3e-8a3c-4c43-9d0e-5a1e2f3a4b5c";
@@ -265,6 +265,8 @@ async fn entra_support_mysql8_peer_fast_auth_with_mysql_async() {
     let e = mysql_async::Conn::new(peer_opts(&peer, "app", "wrong")).await.err().unwrap_or_else(|| panic!("logged in"));
     assert_eq!(server_code(&e), Some(1045), "{e}");
 
+    // The peer records a refused login just after sending its ERR.
+    eventually("the refused login to be recorded", || peer.logins().len() == 3).await;
     let logins = peer.logins();
     assert_eq!(logins.len(), 3, "{logins:#?}");
     let first = &logins[0];
@@ -292,6 +294,7 @@ async fn entra_support_mysql8_peer_full_auth_by_rsa_with_mysql_async() {
     conn.disconnect().await.unwrap_or_else(|e| panic!("{e}"));
     let e = mysql_async::Conn::new(peer_opts(&peer, "app", "wrong")).await.err().unwrap_or_else(|| panic!("logged in"));
     assert_eq!(server_code(&e), Some(1045), "{e}");
+    eventually("the refused login to be recorded", || peer.logins().len() == 2).await;
     let l = peer.logins();
     assert!(l[0].path == AuthPath::FullRsa && l[0].password_ok && l[0].accepted, "{:?}", l[0]);
     assert!(l[1].path == AuthPath::FullRsa && !l[1].password_ok && !l[1].accepted, "{:?}", l[1]);

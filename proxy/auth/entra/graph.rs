@@ -150,7 +150,8 @@ impl Graph {
         let answer: TokenAnswer = serde_json::from_slice(&body)
             .map_err(|_| "Microsoft Entra token endpoint: the answer holds no access_token".to_owned())?;
         let token = Zeroizing::new(answer.access_token);
-        let life = Duration::from_secs(answer.expires_in.unwrap_or(3599));
+        // Entra's app tokens live about an hour; a larger claim is not believed.
+        let life = Duration::from_secs(answer.expires_in.unwrap_or(3599).min(86_400));
         let until = Instant::now() + life.saturating_sub(Duration::from_secs(60));
         *held = Some((token.clone(), until));
         Ok(token)

@@ -28,7 +28,9 @@ pub const FORCED_MIN: Duration = Duration::from_secs(300);
 /// Least time between forced refreshes while no key set is in.
 pub const BOOTSTRAP_MIN: Duration = Duration::from_secs(10);
 /// Bound on one fetch.
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Below the default `handshake_timeout` (10 s), so that the login waiting for a forced fetch
+/// can still be told the outcome.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest key set accepted (Microsoft's is about 10 KiB).
 pub const MAX_JWKS: usize = 1 << 20;
 
@@ -154,7 +156,7 @@ impl JwksStore {
 
     /// A token named `kid`, which the set lacks: fetch now, unless a forced fetch ran too
     /// recently. Returns the set to retry with.
-    pub async fn forced_refresh(&self, kid: &str) -> Arc<KeySet> {
+    pub async fn forced_refresh(self: &Arc<Self>, kid: &str) -> Arc<KeySet> {
         if !matches!(self.source, JwksSource::Https { .. }) {
             return self.keys();
         }
@@ -169,7 +171,10 @@ impl JwksStore {
             return self.keys();
         }
         *last = Some(Instant::now());
-        let _ = self.fetch_and_store().await;
+        // In a task of its own: a login that times out while waiting must not cancel the fetch
+        // that its throttle slot paid for.
+        let this = self.clone();
+        let _ = tokio::spawn(async move { this.fetch_and_store().await }).await;
         self.keys()
     }
 

@@ -75,8 +75,8 @@ pub enum EntraRefusal {
         "the token lists no groups and flexgate has no [auth.entra.graph] to ask Microsoft Graph; ask the operator to configure it"
     )]
     NoGroupClaim,
-    /// Graph could not answer.
-    #[error("group membership could not be checked ({0}); try again later")]
+    /// Graph could not answer (the detail is logged, not sent to the client).
+    #[error("group membership could not be checked with Microsoft Graph; try again later, or tell the operator")]
     GraphUnavailable(String),
     /// An Entra principal on a transport that would expose its token.
     #[error(
@@ -309,10 +309,13 @@ impl Entra {
             PrincipalKind::Group => {
                 let member = match (&claims.groups, &self.graph) {
                     (Some(groups), _) => groups.iter().any(|g| *g == principal.object_id),
-                    (None, Some(graph)) => graph
-                        .is_member(&claims.oid, &principal.object_id)
-                        .await
-                        .map_err(|e| refuse(EntraRefusal::GraphUnavailable(e)))?,
+                    (None, Some(graph)) => match graph.is_member(&claims.oid, &principal.object_id).await {
+                        Ok(member) => member,
+                        Err(e) => {
+                            tracing::warn!(principal = %principal.login, oid = %claims.oid, error = %e, "Microsoft Graph membership check failed");
+                            return Err(refuse(EntraRefusal::GraphUnavailable(e)));
+                        }
+                    },
                     (None, None) => return Err(refuse(EntraRefusal::NoGroupClaim)),
                 };
                 if !member {

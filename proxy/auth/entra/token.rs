@@ -57,8 +57,15 @@ impl KeySet {
             if k.kty != "RSA" || k.usage.as_deref().is_some_and(|u| u != "sig") {
                 continue;
             }
-            let key = DecodingKey::from_rsa_components(&n, &e).map_err(|e| format!("key \"{kid}\": {e}"))?;
-            keys.insert(kid, key);
+            // One key that does not decode must not hold up the others (or a rotation).
+            match DecodingKey::from_rsa_components(&n, &e) {
+                Ok(key) => {
+                    keys.insert(kid, key);
+                }
+                Err(e) => {
+                    tracing::warn!(kid = %shown(&kid), error = %e, "an Entra signing key does not decode; skipped")
+                }
+            }
         }
         if keys.is_empty() {
             return Err("the key set holds no RSA signing key".into());
@@ -187,6 +194,8 @@ pub struct Verified {
     pub appid: Option<String>,
     /// `app` for an app-only token.
     pub idtyp: Option<String>,
+    /// Whether the token carries delegated scopes (`scp`): user tokens do, app-only ones not.
+    pub delegated: bool,
     /// The group ids the token lists, when it lists them (no overage).
     pub groups: Option<Vec<String>>,
     /// When the token expires.
@@ -196,7 +205,11 @@ pub struct Verified {
 impl Verified {
     /// Whether this is an app-only token (a service principal or managed identity).
     pub fn is_app(&self) -> bool {
-        self.idtyp.as_deref() == Some("app")
+        // `idtyp` is an optional claim; without it an app-only token is the one without `scp`.
+        match self.idtyp.as_deref() {
+            Some(t) => t == "app",
+            None => !self.delegated,
+        }
     }
 }
 
@@ -217,6 +230,7 @@ enum Audience {
 struct Claims {
     iss: Option<String>,
     tid: Option<String>,
+    scp: Option<String>,
     aud: Option<Audience>,
     exp: Option<u64>,
     nbf: Option<u64>,
@@ -227,6 +241,12 @@ struct Claims {
     groups: Option<Vec<String>>,
     #[serde(rename = "_claim_names")]
     claim_names: Option<serde_json::Value>,
+}
+
+/// A header value fit for an ERR packet and a log line: it comes from an unverified token, so
+/// it is cut short and stripped of control characters.
+fn shown(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 fn header(token: &[u8]) -> Result<Header, TokenError> {
@@ -245,10 +265,10 @@ pub fn validate(token: &[u8], keys: &KeySet, rules: &Rules, now: SystemTime) -> 
     }
     let h = header(token)?;
     if h.alg != "RS256" {
-        return Err(TokenError::Algorithm(h.alg).into());
+        return Err(TokenError::Algorithm(shown(&h.alg)).into());
     }
     let kid = h.kid.unwrap_or_default();
-    let Some(key) = keys.keys.get(&kid) else { return Err(TokenError::UnknownKey(kid).into()) };
+    let Some(key) = keys.keys.get(&kid) else { return Err(TokenError::UnknownKey(shown(&kid)).into()) };
     // jsonwebtoken checks the algorithm and the signature; flexgate checks every claim itself,
     // with its own clock and its own messages.
     let mut v = Validation::new(Algorithm::RS256);
@@ -261,7 +281,7 @@ pub fn validate(token: &[u8], keys: &KeySet, rules: &Rules, now: SystemTime) -> 
         Err(e) => {
             let error = match e.kind() {
                 jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
-                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => TokenError::Algorithm(h.alg),
+                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => TokenError::Algorithm(shown(&h.alg)),
                 _ => TokenError::Malformed,
             };
             return Err(error.into());
@@ -289,14 +309,20 @@ pub fn validate(token: &[u8], keys: &KeySet, rules: &Rules, now: SystemTime) -> 
         return Err(reject(TokenError::WrongAudience(auds.join(" "))));
     }
     let exp = claims.exp.ok_or_else(|| reject(TokenError::MissingClaim("exp")))?;
-    let exp = SystemTime::UNIX_EPOCH + Duration::from_secs(exp);
+    // A time past any clock is malformed, not a reason to overflow. `now` is the host's clock
+    // and the skew at most an hour, so `now + skew` cannot overflow.
+    let at = |secs: u64| {
+        SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs)).filter(|t| t.checked_add(rules.skew).is_some())
+    };
+    let exp = at(exp).ok_or_else(|| reject(TokenError::Malformed))?;
     if now > exp + rules.skew {
         return Err(reject(TokenError::Expired(exp)));
     }
-    if let Some(nbf) = claims.nbf.map(|n| SystemTime::UNIX_EPOCH + Duration::from_secs(n))
-        && now + rules.skew < nbf
-    {
-        return Err(reject(TokenError::NotYetValid(nbf)));
+    if let Some(nbf) = claims.nbf {
+        let nbf = at(nbf).ok_or_else(|| reject(TokenError::Malformed))?;
+        if now + rules.skew < nbf {
+            return Err(reject(TokenError::NotYetValid(nbf)));
+        }
     }
     let oid = oid.ok_or_else(|| reject(TokenError::MissingClaim("oid")))?;
     // An overage (`_claim_names.groups`) means the list is incomplete: it must not be read as
@@ -304,7 +330,7 @@ pub fn validate(token: &[u8], keys: &KeySet, rules: &Rules, now: SystemTime) -> 
     let overage = claims.claim_names.as_ref().is_some_and(|c| c.get("groups").is_some());
     let groups =
         claims.groups.filter(|_| !overage).map(|g| g.into_iter().map(|g| g.to_ascii_lowercase()).collect::<Vec<_>>());
-    Ok(Verified { tid, oid, appid, idtyp: claims.idtyp, groups, exp })
+    Ok(Verified { tid, oid, appid, idtyp: claims.idtyp, delegated: claims.scp.is_some(), groups, exp })
 }
 
 #[cfg(test)]
@@ -466,6 +492,27 @@ mod tests {
         c["exp"] = json!(t - 1000);
         let r = validate(k.sign(&c).as_bytes(), &k.set(), &rules(), now()).err();
         assert_eq!(r.and_then(|r| r.subject).and_then(|s| s.oid).as_deref(), Some(OID));
+    }
+
+    #[test]
+    fn absurd_times_and_hostile_header_values_are_refused_without_panic_or_echo() {
+        let k = Key::new("k1");
+        let mut c = claims(1);
+        c["exp"] = json!(u64::MAX);
+        assert_eq!(check(&k, &k.sign(&c)), Err(TokenError::Malformed));
+        let mut c = claims(1);
+        c["nbf"] = json!(u64::MAX);
+        assert_eq!(check(&k, &k.sign(&c)), Err(TokenError::Malformed));
+        let long = format!("evil\nkid{}", "x".repeat(5000));
+        let forged = k.sign_with(&json!({"alg": "RS256", "kid": long}), &claims(1));
+        let Err(TokenError::UnknownKey(shown)) = check(&k, &forged) else { panic!("not an unknown key") };
+        assert!(shown.len() <= 64 && !shown.contains('\n'), "{shown:?}");
+        // Without idtyp, an app-only token is the one without scp.
+        let mut c = claims(1);
+        c.as_object_mut().map(|o| o.remove("idtyp"));
+        assert!(check(&k, &k.sign(&c)).is_ok_and(|v| v.is_app()));
+        c["scp"] = json!("user_impersonation");
+        assert!(check(&k, &k.sign(&c)).is_ok_and(|v| !v.is_app()));
     }
 
     #[test]
