@@ -64,6 +64,7 @@ pub mod config;
 pub mod events;
 pub mod firewall;
 pub mod health;
+pub mod https;
 pub mod limits;
 pub mod metrics;
 pub mod profile;

@@ -13,6 +13,7 @@ use thiserror::Error;
 use tokio::io::AsyncReadExt;
 
 use crate::config::{Expect, KeyFileFormat, ProviderConfig, ProviderKind};
+use crate::https::error_chain;
 
 /// MariaDB's `MAX_KEY_FILE_SIZE`: a larger key file does not load, so it does not pass.
 pub const MAX_KEY_FILE: u64 = 1024 * 1024;
@@ -117,22 +118,10 @@ impl Provider {
 fn http_client(name: &str, ca: Option<&Path>, timeout: Duration) -> Result<reqwest::Client, ProviderError> {
     // The whole check is bounded by the provider's timeout around it, which names itself in
     // the cause; reqwest's own bound is only on connecting.
-    let mut b = reqwest::Client::builder()
-        .connect_timeout(timeout)
-        // A key service answers where it was asked: a redirect is not an answer.
-        .redirect(reqwest::redirect::Policy::none())
-        .https_only(true)
-        .user_agent(concat!("flexgate/", env!("CARGO_PKG_VERSION"), " key_guard"));
-    if let Some(path) = ca {
-        let ca_err = |detail: String| ProviderError::Ca { name: name.to_owned(), path: path.to_path_buf(), detail };
-        let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(ca_err("no PEM certificate in the file".into()));
-        }
-        b = b.tls_certs_only(certs);
-    }
-    b.build().map_err(|e| ProviderError::Client { name: name.to_owned(), detail: e.to_string() })
+    crate::https::client(ca, timeout, "key_guard").map_err(|e| match e {
+        crate::https::ClientError::Ca { path, detail } => ProviderError::Ca { name: name.to_owned(), path, detail },
+        crate::https::ClientError::Build(detail) => ProviderError::Client { name: name.to_owned(), detail },
+    })
 }
 
 async fn check_file(
@@ -360,7 +349,7 @@ async fn check_http(
         req = req.bearer_auth(token.as_str());
     }
     // reqwest's errors name the URL, which is configuration, not a secret.
-    let mut resp = req.send().await.map_err(|e| error_chain(&e))?;
+    let resp = req.send().await.map_err(|e| error_chain(&e))?;
     let status = resp.status();
     if !status.is_success() {
         return Err(format!("HTTP {status}"));
@@ -368,13 +357,7 @@ async fn check_http(
     let Some(expect) = expect else {
         return Ok(format!("HTTP {status}"));
     };
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| error_chain(&e))? {
-        if body.len() + chunk.len() > MAX_OUTPUT {
-            return Err(format!("HTTP {status}: the body is larger than {MAX_OUTPUT} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = crate::https::body(resp, MAX_OUTPUT).await?;
     let json: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| format!("HTTP {status}: the body is not JSON ({e})"))?;
     match json.pointer(&expect.pointer) {
@@ -382,19 +365,6 @@ async fn check_http(
         Some(v) => Err(format!("HTTP {status}, {} = {v}, expected {}", expect.pointer, expect.equals.0)),
         None => Err(format!("HTTP {status}, {} is absent", expect.pointer)),
     }
-}
-
-/// reqwest's error with its causes: the top level alone ("error sending request") hides
-/// whether it was DNS, TLS or a timeout.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

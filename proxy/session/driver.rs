@@ -511,17 +511,32 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
         }
     }
 
-    /// Admitted → Connected: only now is the server dialled (unless it greeted already).
-    async fn connect(&mut self, a: Identified) -> Result<Phase, SessionError> {
-        let live = match a.backend {
+    /// The session's server: the one that greeted already, or a new dial, recorded as the
+    /// session's. `Err(code)` if the server sent ERR instead of a greeting, which has been
+    /// relayed to the client.
+    async fn server(&mut self, early: Option<Live>) -> Result<Result<Live, u16>, SessionError> {
+        let live = match early {
             Some(live) => live,
             None => match self.dial().await? {
                 Dialled::Live(live) => live,
                 Dialled::Refused { code } => {
                     self.relay_server_err().await?;
-                    return Ok(Phase::Ended(Ended::BackendRefused { code }));
+                    return Ok(Err(code));
                 }
             },
+        };
+        self.thread_id = Some(live.thread_id);
+        if let Some(r) = &self.registered {
+            r.connected(live.thread_id);
+        }
+        Ok(Ok(live))
+    }
+
+    /// Admitted → Connected: only now is the server dialled (unless it greeted already).
+    async fn connect(&mut self, a: Identified) -> Result<Phase, SessionError> {
+        let live = match self.server(a.backend).await? {
+            Ok(live) => live,
+            Err(code) => return Ok(Phase::Ended(Ended::BackendRefused { code })),
         };
         let backend_tls = self.ctx.backend.uses_tls();
         let first = match a.raw {
@@ -531,10 +546,6 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
                 SessionError::ServerChanged { backend: self.ctx.backend.label().to_owned(), missing: m.missing.0 }
             })?,
         };
-        self.thread_id = Some(live.thread_id);
-        if let Some(r) = &self.registered {
-            r.connected(live.thread_id);
-        }
         Ok(Phase::Connected(Connected {
             backend: live.stream,
             server_caps: live.capabilities,
@@ -753,10 +764,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
              operator set key_guard.on_inaccessible = \"close-existing\". Reconnect once the key is available again",
             httpdate::fmt_http_date(since)
         );
-        let mut out = Vec::with_capacity(16 + message.len());
-        write_err(&mut out, 1, codes::SERVER_OFFLINE_MODE, codes::STATE_GENERAL, &message, true);
-        quit_server(backend).await;
-        self.send_last(&out).await;
+        self.close_with(backend, codes::SERVER_OFFLINE_MODE, codes::STATE_GENERAL, &message).await;
         warn!(
             listener = %self.ctx.listener,
             client = %self.peer,
@@ -764,6 +772,20 @@ impl<C: AsyncRead + AsyncWrite + Unpin + Send> Session<C> {
             "session closed: the data-encryption key is inaccessible (on_inaccessible = close-existing)"
         );
         (Outcome::ClosedKeyUnavailable, Some(codes::SERVER_OFFLINE_MODE))
+    }
+
+    /// flexgate ends a logged-in session: the client gets this ERR with sequence id 1, the
+    /// answer to the command it sends next (an idle client reads it then; one in the middle of
+    /// a result reads an error either way), and the server a `COM_QUIT`.
+    async fn close_with(&mut self, backend: &mut BackendStream, code: u16, state: &[u8; 5], message: &str) {
+        let mut out = Vec::with_capacity(16 + message.len());
+        write_err(&mut out, 1, code, state, message, true);
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            backend.write_all(&[1, 0, 0, 0, 1]).await?;
+            backend.flush().await
+        })
+        .await;
+        self.send_last(&out).await;
     }
 
     /// A `COM_CHANGE_USER` in the relay: decided like a login, then sent to the server with a
@@ -1173,15 +1195,6 @@ fn proxied(peer: ClientAddr, local: Option<SocketAddr>) -> Option<(SocketAddr, S
         (ClientAddr::Tcp(client), Some(local)) => Some((client, local)),
         _ => None,
     }
-}
-
-/// Ends the server's side of a session flexgate closes: `COM_QUIT`, best effort and bounded.
-async fn quit_server(backend: &mut BackendStream) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        backend.write_all(&[1, 0, 0, 0, 1]).await?;
-        backend.flush().await
-    })
-    .await;
 }
 
 /// A packet with `payload` and sequence id `seq`.

@@ -58,7 +58,7 @@ struct MemberAnswer {
 
 impl Graph {
     /// A client for `cfg` in `tenant`, holding `secret`.
-    pub fn new(cfg: &GraphConfig, tenant: &str, secret: Secret) -> Result<Self, (String, String)> {
+    pub fn new(cfg: &GraphConfig, tenant: &str, secret: Secret) -> Result<Self, crate::https::ClientError> {
         Ok(Self {
             client_id: cfg.client_id.clone(),
             secret,
@@ -66,7 +66,7 @@ impl Graph {
             endpoint: cfg.endpoint.clone(),
             scope: format!("{}/.default", cfg.endpoint),
             ttl: cfg.cache_ttl,
-            client: super::http_client(cfg.ca.as_deref())?,
+            client: crate::https::client(cfg.ca.as_deref(), Duration::from_secs(5), "entra graph")?,
             app_token: tokio::sync::Mutex::new(None),
             answers: Mutex::default(),
         })
@@ -112,13 +112,14 @@ impl Graph {
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("Microsoft Graph: {}", crate::breaker::provider::error_chain(&e)))?;
+            .map_err(|e| format!("Microsoft Graph: {}", crate::https::error_chain(&e)))?;
         if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
             // The app token was revoked or expired early: fetch a new one next time.
             *self.app_token.lock().await = None;
         }
-        let body =
-            super::read_body(resp, MAX_ANSWER).await.map_err(|e| format!("Microsoft Graph checkMemberGroups: {e}"))?;
+        let body = crate::https::body(resp, MAX_ANSWER)
+            .await
+            .map_err(|e| format!("Microsoft Graph checkMemberGroups: {e}"))?;
         let answer: MemberAnswer = serde_json::from_slice(&body)
             .map_err(|e| format!("Microsoft Graph checkMemberGroups: not the expected answer ({e})"))?;
         Ok(answer.value.iter().any(|g| g.eq_ignore_ascii_case(group)))
@@ -139,11 +140,14 @@ impl Graph {
             ("client_secret", secret),
             ("scope", self.scope.as_str()),
         ];
-        let resp =
-            self.client.post(&self.token_url).form(&form).send().await.map_err(|e| {
-                format!("Microsoft Entra token endpoint: {}", crate::breaker::provider::error_chain(&e))
-            })?;
-        let body = super::read_body(resp, MAX_ANSWER)
+        let resp = self
+            .client
+            .post(&self.token_url)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| format!("Microsoft Entra token endpoint: {}", crate::https::error_chain(&e)))?;
+        let body = crate::https::body(resp, MAX_ANSWER)
             .await
             .map_err(|e| format!("Microsoft Entra token endpoint (client credentials of auth.entra.graph): {e}"))?;
         let body = Zeroizing::new(body);

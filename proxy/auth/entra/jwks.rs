@@ -40,11 +40,18 @@ struct Loaded {
     due: Instant,
 }
 
+/// Where an HTTPS key set is fetched from.
+struct Remote {
+    url: String,
+    client: reqwest::Client,
+}
+
 /// The cached key set and how to refresh it. Shared by the sessions of every snapshot that
 /// names the same source.
 pub struct JwksStore {
     source: JwksSource,
-    client: Option<reqwest::Client>,
+    /// `None` for a file source, which only a reload (a new store) re-reads.
+    remote: Option<Remote>,
     loaded: ArcSwap<Loaded>,
     /// The last forced fetch; also serialises fetches, so that a burst of logins with a new
     /// `kid` makes one request.
@@ -62,14 +69,9 @@ impl std::fmt::Debug for JwksStore {
 /// Why a key set could not be used.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JwksError {
-    /// The CA bundle of the HTTPS source.
-    #[error("auth.entra.jwks_ca {path}: {detail}")]
-    Ca {
-        /// The file.
-        path: String,
-        /// What was wrong.
-        detail: String,
-    },
+    /// The HTTPS client (its CA bundle, `jwks_ca`).
+    #[error("auth.entra.jwks_ca {0}")]
+    Client(crate::https::ClientError),
     /// Fetching or reading it.
     #[error("{source_name}: {detail}")]
     Fetch {
@@ -85,11 +87,12 @@ impl JwksStore {
     /// reload) that names it; an HTTPS source starts empty and is fetched by [`Self::prefetch`]
     /// or the first login.
     pub fn new(source: &JwksSource, metrics: super::EntraMetrics) -> Result<Self, JwksError> {
-        let (client, keys) = match source {
-            JwksSource::Https { ca, .. } => (
-                Some(super::http_client(ca.as_deref()).map_err(|(path, detail)| JwksError::Ca { path, detail })?),
-                KeySet::default(),
-            ),
+        let (remote, keys) = match source {
+            JwksSource::Https { url, ca } => {
+                let client = crate::https::client(ca.as_deref(), Duration::from_secs(5), "entra jwks")
+                    .map_err(JwksError::Client)?;
+                (Some(Remote { url: url.clone(), client }), KeySet::default())
+            }
             JwksSource::File(path) => {
                 let bytes = std::fs::read(path)
                     .map_err(|e| JwksError::Fetch { source_name: path.display().to_string(), detail: e.to_string() })?;
@@ -98,16 +101,11 @@ impl JwksStore {
                 (None, keys)
             }
         };
-        let due = match source {
-            JwksSource::Https { .. } => Instant::now(),
-            // A file changes with a reload, which builds a new store.
-            JwksSource::File(_) => Instant::now() + Duration::from_secs(100 * 365 * 86_400),
-        };
         metrics.jwks_keys(keys.len());
         Ok(Self {
             source: source.clone(),
-            client,
-            loaded: ArcSwap::from_pointee(Loaded { keys: Arc::new(keys), due }),
+            remote,
+            loaded: ArcSwap::from_pointee(Loaded { keys: Arc::new(keys), due: Instant::now() }),
             forced: tokio::sync::Mutex::new(None),
             routine: std::sync::atomic::AtomicBool::new(false),
             metrics,
@@ -126,12 +124,12 @@ impl JwksStore {
 
     /// Fetches at startup, so that the first login does not wait for it.
     pub async fn prefetch(self: Arc<Self>) {
-        if matches!(self.source, JwksSource::Https { .. }) && self.keys().is_empty() {
+        if self.remote.is_some() && self.keys().is_empty() {
             // Under the lock, so that a login meanwhile waits for this fetch rather than
             // making its own; not counted as a forced refresh, so a rotation right after
             // startup is still fetched.
             let _last = self.forced.lock().await;
-            let _ = self.fetch_and_store().await;
+            self.fetch_and_store().await;
         }
     }
 
@@ -142,12 +140,12 @@ impl JwksStore {
         // An empty set is the forced refresh's to fill (a login needs it now).
         if Instant::now() >= loaded.due
             && !loaded.keys.is_empty()
-            && matches!(self.source, JwksSource::Https { .. })
+            && self.remote.is_some()
             && !self.routine.swap(true, std::sync::atomic::Ordering::AcqRel)
         {
             let this = self.clone();
             tokio::spawn(async move {
-                let _ = this.fetch_and_store().await;
+                this.fetch_and_store().await;
                 this.routine.store(false, std::sync::atomic::Ordering::Release);
             });
         }
@@ -157,7 +155,7 @@ impl JwksStore {
     /// A token named `kid`, which the set lacks: fetch now, unless a forced fetch ran too
     /// recently. Returns the set to retry with.
     pub async fn forced_refresh(self: &Arc<Self>, kid: &str) -> Arc<KeySet> {
-        if !matches!(self.source, JwksSource::Https { .. }) {
+        if self.remote.is_none() {
             return self.keys();
         }
         let mut last = self.forced.lock().await;
@@ -178,9 +176,9 @@ impl JwksStore {
         self.keys()
     }
 
-    async fn fetch_and_store(&self) -> Result<(), JwksError> {
-        let JwksSource::Https { url, .. } = &self.source else { return Ok(()) };
-        let Some(client) = &self.client else { return Ok(()) };
+    /// Fetches the set; on failure keeps the one held and logs why.
+    async fn fetch_and_store(&self) {
+        let Some(Remote { url, client }) = &self.remote else { return };
         let fetched = match tokio::time::timeout(FETCH_TIMEOUT, fetch(client, url)).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {FETCH_TIMEOUT:?}")),
@@ -194,16 +192,13 @@ impl JwksStore {
                 self.metrics.jwks_fetch("ok");
                 self.metrics.jwks_keys(keys.len());
                 self.loaded.store(Arc::new(Loaded { keys: Arc::new(keys), due: Instant::now() + next_interval() }));
-                Ok(())
             }
             Err(detail) => {
                 self.metrics.jwks_fetch("error");
-                let held = self.keys().len();
-                warn!(url = %url, error = %detail, keys_kept = held, "Entra signing keys could not be fetched; the last good set stays in use");
-                // Try again at the next login after a short pause rather than in 12 hours.
                 let keys = self.keys();
+                warn!(url = %url, error = %detail, keys_kept = keys.len(), "Entra signing keys could not be fetched; the last good set stays in use");
+                // Try again at the next login after a short pause rather than in 12 hours.
                 self.loaded.store(Arc::new(Loaded { keys, due: Instant::now() + FORCED_MIN }));
-                Err(JwksError::Fetch { source_name: url.clone(), detail })
             }
         }
     }
@@ -215,8 +210,8 @@ async fn fetch(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
         .header(reqwest::header::ACCEPT, "application/json")
         .send()
         .await
-        .map_err(|e| crate::breaker::provider::error_chain(&e))?;
-    super::read_body(resp, MAX_JWKS).await
+        .map_err(|e| crate::https::error_chain(&e))?;
+    crate::https::body(resp, MAX_JWKS).await
 }
 
 /// 12 hours plus a random share of 12 more.

@@ -10,7 +10,6 @@ pub mod jwks;
 pub mod token;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -144,7 +143,7 @@ pub enum EntraSetupError {
     Jwks(#[from] JwksError),
     /// The Graph client.
     #[error("auth.entra.graph: {0}")]
-    Graph(String),
+    Graph(crate::https::ClientError),
 }
 
 /// Reads a held secret.
@@ -242,10 +241,7 @@ impl Entra {
                     key: "auth.entra.graph.client_secret".into(),
                     source,
                 })?;
-                Some(
-                    Graph::new(g, &cfg.tenant_id, secret)
-                        .map_err(|(p, d)| EntraSetupError::Graph(format!("{p}: {d}")))?,
-                )
+                Some(Graph::new(g, &cfg.tenant_id, secret).map_err(EntraSetupError::Graph)?)
             }
             None => None,
         };
@@ -325,41 +321,4 @@ impl Entra {
         }
         Ok(Accepted { principal: principal.clone(), claims })
     }
-}
-
-/// An HTTPS client for Entra and Graph: no redirects (an answer comes from where it was
-/// asked), HTTPS only, and `ca` in place of the system roots when given. Errors are the CA
-/// file and what was wrong with it.
-pub(crate) fn http_client(ca: Option<&Path>) -> Result<reqwest::Client, (String, String)> {
-    let mut b = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::none())
-        .https_only(true)
-        .user_agent(concat!("flexgate/", env!("CARGO_PKG_VERSION"), " entra"));
-    if let Some(path) = ca {
-        let err = |d: String| (path.display().to_string(), d);
-        let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(err("no PEM certificate in the file".into()));
-        }
-        b = b.tls_certs_only(certs);
-    }
-    b.build().map_err(|e| ("(client)".into(), e.to_string()))
-}
-
-/// A successful answer's body, at most `max` bytes.
-pub(crate) async fn read_body(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(format!("HTTP {status}"));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| crate::breaker::provider::error_chain(&e))? {
-        if body.len() + chunk.len() > max {
-            return Err(format!("the answer is larger than {max} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }

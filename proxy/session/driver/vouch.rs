@@ -12,13 +12,13 @@ use std::time::SystemTime;
 use tracing::warn;
 use zeroize::Zeroizing;
 
-use super::{Dialled, Ended, Exchanged, Identified, Phase, Session, framed};
+use super::{Ended, Exchanged, Identified, Phase, Session, framed};
 use crate::auth::entra::{Accepted, Entra, EntraRefusal, Principal, Refused};
 use crate::auth::login::{BackendLogin, Step};
 use crate::backend::BackendStream;
 use crate::config::OnTokenExpiry;
 use crate::events::{EntraLogin, loggable};
-use crate::protocol::{ChangeUser, codes, write_err};
+use crate::protocol::{ChangeUser, codes};
 use crate::session::SessionError;
 use crate::session::admission::Denial;
 use crate::session::handshake::{self, As, Identity};
@@ -38,20 +38,10 @@ impl<C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Session<C> 
         };
         self.vouch(&entra, &principal, &token).await?;
         drop(token);
-        let live = match backend {
-            Some(live) => live,
-            None => match self.dial().await? {
-                Dialled::Live(live) => live,
-                Dialled::Refused { code } => {
-                    self.relay_server_err().await?;
-                    return Ok(Phase::Ended(Ended::BackendRefused { code }));
-                }
-            },
+        let live = match self.server(backend).await? {
+            Ok(live) => live,
+            Err(code) => return Ok(Phase::Ended(Ended::BackendRefused { code })),
         };
-        self.thread_id = Some(live.thread_id);
-        if let Some(r) = &self.registered {
-            r.connected(live.thread_id);
-        }
         let backend_tls = self.ctx.backend.uses_tls();
         let mut seq = 1;
         let caps = handshake::response_capabilities(&identity, live.capabilities, backend_tls);
@@ -138,15 +128,7 @@ impl<C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Session<C> 
         self.plugin = Some(CLEAR_PASSWORD.to_vec());
         // Clients end a cleartext password with NUL.
         let token = token.strip_suffix(&[0]).unwrap_or(token);
-        let mut event = EntraLogin {
-            principal: principal.login.clone(),
-            kind: principal.kind.as_str(),
-            backend_user: principal.backend_user.clone(),
-            tid: None,
-            oid: None,
-            appid: None,
-            reason: None,
-        };
+        let mut event = entra_login(principal);
         let result = entra.authenticate(principal, token, SystemTime::now()).await;
         match result {
             Ok(accepted) => {
@@ -185,15 +167,8 @@ impl<C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Session<C> 
         };
         if let Some(entra) = &self.ctx.entra {
             entra.metrics.login(reason.as_str());
-            self.entra_login = entra.principal(user).map(|p| EntraLogin {
-                principal: p.login.clone(),
-                kind: p.kind.as_str(),
-                backend_user: p.backend_user.clone(),
-                tid: None,
-                oid: None,
-                appid: None,
-                reason: Some(reason.as_str()),
-            });
+            self.entra_login =
+                entra.principal(user).map(|p| EntraLogin { reason: Some(reason.as_str()), ..entra_login(p) });
         }
         SessionError::Entra { user: loggable(user, 80), refused: Box::new(Refused { reason, subject: None }) }
     }
@@ -242,10 +217,7 @@ impl<C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Session<C> 
     pub(super) async fn close_for_expiry(&mut self, backend: &mut BackendStream, exp: SystemTime) {
         let user = self.who.user.clone().unwrap_or_default();
         let message = format!("Access denied for user '{user}': {}", EntraRefusal::SessionExpired(exp));
-        let mut out = Vec::with_capacity(16 + message.len());
-        write_err(&mut out, 1, codes::ACCESS_DENIED, codes::STATE_ACCESS, &message, true);
-        super::quit_server(backend).await;
-        self.send_last(&out).await;
+        self.close_with(backend, codes::ACCESS_DENIED, codes::STATE_ACCESS, &message).await;
         if let Some(entra) = &self.ctx.entra {
             entra.metrics.login("session_expired");
         }
@@ -255,5 +227,18 @@ impl<C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Session<C> 
             user = %user,
             "session closed: its Microsoft Entra token expired (on_token_expiry = close-session)"
         );
+    }
+}
+
+/// A login event's Entra part for `p`, before anything is known of the token.
+fn entra_login(p: &Principal) -> EntraLogin {
+    EntraLogin {
+        principal: p.login.clone(),
+        kind: p.kind.as_str(),
+        backend_user: p.backend_user.clone(),
+        tid: None,
+        oid: None,
+        appid: None,
+        reason: None,
     }
 }
